@@ -1,0 +1,137 @@
+//! `chunkstore ingest FILE...`
+
+use crate::{output, Ctx, Outcome};
+use anyhow::{Context, Result};
+use chunkstore::IngestOptions;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Ingest layer tarballs (tar, tar+gzip, tar+zstd)
+#[derive(clap::Args)]
+pub struct Args {
+    /// Layer files; `-` reads standard input
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
+    let store = ctx.open()?;
+    let mut summaries = Vec::new();
+    let mut failed = 0;
+    for path in &args.files {
+        let name = path.display().to_string();
+        let (reader, total): (Box<dyn Read>, Option<u64>) = if name == "-" {
+            (Box::new(std::io::stdin().lock()), None)
+        } else {
+            match std::fs::File::open(path) {
+                Ok(f) => {
+                    let len = f.metadata().ok().map(|m| m.len());
+                    (Box::new(f), len)
+                }
+                Err(e) => {
+                    output::report_error(
+                        ctx,
+                        &anyhow::Error::new(e).context(format!("{name}: cannot open")),
+                    );
+                    failed += 1;
+                    continue;
+                }
+            }
+        };
+        let counter = Arc::new(AtomicU64::new(0));
+        let progress = Progress::start(&name, total, counter.clone());
+        let result = store.ingest(
+            reader,
+            &IngestOptions {
+                progress: Some(counter),
+            },
+        );
+        progress.finish();
+        match result.with_context(|| format!("{name}: not ingested")) {
+            Ok(s) => {
+                if !ctx.json {
+                    let l = &s.layer;
+                    let mbps = s.layer.tar_size as f64 / s.seconds.max(1e-9) / 1e6;
+                    println!("{}  {name}", l.id);
+                    println!(
+                        "  {} tar, {} entries, {} files, {} chunks; new: {} chunks, {} stored{} ({:.2} s, {mbps:.0} MB/s)",
+                        output::bytes(l.tar_size),
+                        l.entries,
+                        l.files,
+                        l.chunks,
+                        s.new_chunks,
+                        output::bytes(s.new_stored_bytes),
+                        if s.already_present { "; layer was already present" } else { "" },
+                        s.seconds,
+                    );
+                }
+                summaries.push(s);
+            }
+            Err(e) => {
+                output::report_error(ctx, &e);
+                failed += 1;
+            }
+        }
+    }
+    if ctx.json && (failed == 0 || !summaries.is_empty()) {
+        output::json(&summaries)?;
+    }
+    Ok(if failed > 0 {
+        Outcome::Failed(1)
+    } else {
+        Outcome::Ok
+    })
+}
+
+/// A progress bar on a terminal, fed from the ingest's byte counter.
+struct Progress {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start(name: &str, total: Option<u64>, counter: Arc<AtomicU64>) -> Progress {
+        let stop = Arc::new(AtomicBool::new(false));
+        if !std::io::stderr().is_terminal() {
+            return Progress { stop, handle: None };
+        }
+        let bar = match total {
+            Some(t) => ProgressBar::new(t).with_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            ),
+            None => ProgressBar::new_spinner().with_style(
+                ProgressStyle::with_template("{spinner} {msg} {bytes} {bytes_per_sec}")
+                    .expect("valid template"),
+            ),
+        };
+        bar.set_draw_target(ProgressDrawTarget::stderr());
+        bar.set_message(name.to_string());
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                bar.set_position(counter.load(Ordering::Relaxed));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            bar.finish_and_clear();
+        });
+        Progress {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! The `chunkstore` command: a thin layer over the library, one file per verb.
+
+mod export;
+mod ingest;
+mod ls;
+mod output;
+mod stat;
+mod verify;
+
+use anyhow::{Context, Result};
+use chunkstore::{Store, StoreOptions};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Content-addressed chunk store and dedup engine for container image layers.
+#[derive(Parser)]
+#[command(name = "chunkstore", version, about)]
+struct Cli {
+    /// Store directory [default: $CHUNKSTORE_DIR, else the per-user data directory]
+    #[arg(long, global = true, env = "CHUNKSTORE_DIR", value_name = "DIR")]
+    store: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    Ingest(ingest::Args),
+    Export(export::Args),
+    Ls(ls::Args),
+    Stat(stat::Args),
+    Verify(verify::Args),
+}
+
+/// Shared by every verb.
+pub struct Ctx {
+    pub store_dir: PathBuf,
+    pub json: bool,
+}
+
+impl Ctx {
+    pub fn open(&self) -> Result<Store> {
+        self.open_with(StoreOptions::default())
+    }
+
+    pub fn open_with(&self, opts: StoreOptions) -> Result<Store> {
+        Store::open_with(&self.store_dir, opts)
+            .with_context(|| format!("opening store {}", self.store_dir.display()))
+    }
+}
+
+/// How a verb ended when it did not simply succeed.
+pub enum Outcome {
+    Ok,
+    /// A failure already reported to the user; exit with this code.
+    Failed(u8),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let store_dir = match cli
+        .store
+        .or_else(|| dirs::data_dir().map(|d| d.join("chunkstore")))
+    {
+        Some(d) => d,
+        None => {
+            eprintln!("chunkstore: no store directory: pass --store DIR or set CHUNKSTORE_DIR");
+            return ExitCode::from(2);
+        }
+    };
+    let ctx = Ctx {
+        store_dir,
+        json: cli.json,
+    };
+    let result = match cli.verb {
+        Verb::Ingest(a) => ingest::run(&ctx, a),
+        Verb::Export(a) => export::run(&ctx, a),
+        Verb::Ls(a) => ls::run(&ctx, a),
+        Verb::Stat(a) => stat::run(&ctx, a),
+        Verb::Verify(a) => verify::run(&ctx, a),
+    };
+    match result {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed(code)) => ExitCode::from(code),
+        Err(e) => {
+            output::report_error(&ctx, &e);
+            ExitCode::from(1)
+        }
+    }
+}

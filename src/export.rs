@@ -1,0 +1,153 @@
+//! Export: stream a layer's original tar from its recipe, checking its
+//! SHA-256 against the diff_id as it goes.
+
+use crate::error::{Error, Result};
+use crate::ids::{ChunkId, FileId, LayerId};
+use crate::index::{CHUNKS, FILES, RECIPES};
+use crate::pack::ChunkLoc;
+use crate::recipe::{FileRecipe, RecipeItem, RecipeReader};
+use crate::store::Store;
+use redb::ReadOnlyTable;
+use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+
+/// Reads a layer's original uncompressed tar, byte for byte. The final read
+/// fails if the bytes do not hash to the layer's diff_id.
+pub struct LayerReader<'s> {
+    store: &'s Store,
+    id: LayerId,
+    items: RecipeReader,
+    files: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    chunks: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    queue: VecDeque<(ChunkId, u32)>,
+    buf: Vec<u8>,
+    pos: usize,
+    sha: Sha256,
+    done: bool,
+}
+
+impl Store {
+    /// Open a layer for reading.
+    pub fn open_layer(&self, id: &LayerId) -> Result<LayerReader<'_>> {
+        let tx = self.db.begin_read()?;
+        let recipe = tx
+            .open_table(RECIPES)?
+            .get(&id.as_bytes()[..])?
+            .map(|v| v.value().to_vec())
+            .ok_or_else(|| Error::not_found(format!("layer {id} is not in the store")))?;
+        Ok(LayerReader {
+            store: self,
+            id: *id,
+            items: RecipeReader::new(recipe)?,
+            files: tx.open_table(FILES)?,
+            chunks: tx.open_table(CHUNKS)?,
+            queue: VecDeque::new(),
+            buf: Vec::new(),
+            pos: 0,
+            sha: Sha256::new(),
+            done: false,
+        })
+    }
+
+    /// Write a layer's original tar to `out`; returns its length.
+    pub fn export(&self, id: &LayerId, mut out: impl Write) -> Result<u64> {
+        let mut r = self.open_layer(id)?;
+        io::copy(&mut r, &mut out)
+            .map_err(|e| crate::error::from_io(e, format!("exporting layer {id}")))
+    }
+
+    /// A stored file's recipe.
+    pub fn file_recipe(&self, id: &FileId) -> Result<Option<FileRecipe>> {
+        let tx = self.db.begin_read()?;
+        let v = tx.open_table(FILES)?.get(&id.as_bytes()[..])?;
+        v.map(|v| FileRecipe::decode(v.value())).transpose()
+    }
+}
+
+impl LayerReader<'_> {
+    /// The layer being read.
+    pub fn id(&self) -> &LayerId {
+        &self.id
+    }
+
+    /// Load the next piece of output into `buf`; false at the end.
+    fn refill(&mut self) -> Result<bool> {
+        loop {
+            if let Some((cid, len)) = self.queue.pop_front() {
+                let loc = self
+                    .chunks
+                    .get(&cid.as_bytes()[..])?
+                    .map(|v| ChunkLoc::decode(v.value()))
+                    .transpose()?
+                    .ok_or_else(|| {
+                        Error::corrupt(format!("layer {}: chunk {cid} is missing", self.id))
+                    })?;
+                if loc.raw_len != len {
+                    return Err(Error::corrupt(format!(
+                        "chunk {cid}: index says {} bytes, recipe {len}",
+                        loc.raw_len
+                    )));
+                }
+                self.buf = self.store.read_chunk(&loc)?;
+                self.pos = 0;
+                return Ok(true);
+            }
+            match self.items.next_item()? {
+                None => return Ok(false),
+                Some(RecipeItem::Raw(b)) => {
+                    self.buf = b;
+                    self.pos = 0;
+                    return Ok(true);
+                }
+                Some(RecipeItem::File { id, size, .. } | RecipeItem::Data { id, size }) => {
+                    if size == 0 {
+                        continue;
+                    }
+                    let r = self
+                        .files
+                        .get(&id.as_bytes()[..])?
+                        .map(|v| FileRecipe::decode(v.value()))
+                        .transpose()?
+                        .ok_or_else(|| {
+                            Error::corrupt(format!("layer {}: file {id} is missing", self.id))
+                        })?;
+                    if r.size != size || !r.consistent() {
+                        return Err(Error::corrupt(format!(
+                            "file {id}: recipe does not add up to {size} bytes"
+                        )));
+                    }
+                    self.queue.extend(r.chunks);
+                }
+            }
+        }
+    }
+}
+
+impl Read for LayerReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.buf.len() {
+            if self.done {
+                return Ok(0);
+            }
+            if !self.refill()? {
+                self.done = true;
+                let got: [u8; 32] = std::mem::take(&mut self.sha).finalize().into();
+                if got != *self.id.as_bytes() {
+                    return Err(Error::corrupt(format!(
+                        "layer {} rebuilt to sha256:{}; the store is damaged (run verify)",
+                        self.id,
+                        hex::encode(got)
+                    ))
+                    .into());
+                }
+                return Ok(0);
+            }
+            self.sha.update(&self.buf);
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}

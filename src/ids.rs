@@ -1,0 +1,140 @@
+//! Newtypes for every identity that crosses a module boundary.
+
+use crate::error::{Error, Result};
+use std::fmt;
+
+macro_rules! hash_id {
+    ($(#[$m:meta])* $name:ident, $prefix:literal) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name([u8; 32]);
+
+        impl $name {
+            /// Wrap raw digest bytes.
+            pub const fn from_bytes(b: [u8; 32]) -> Self {
+                $name(b)
+            }
+            /// The raw digest bytes.
+            pub const fn as_bytes(&self) -> &[u8; 32] {
+                &self.0
+            }
+            /// Lower-case hex with the algorithm prefix.
+            pub fn to_hex(&self) -> String {
+                hex::encode(self.0)
+            }
+            /// Parse `PREFIX:hex` or bare hex.
+            pub fn parse(s: &str) -> Result<Self> {
+                let h = s.strip_prefix(concat!($prefix, ":")).unwrap_or(s);
+                let mut b = [0u8; 32];
+                hex::decode_to_slice(h, &mut b).map_err(|_| {
+                    Error::invalid(format!("not a {} digest: {s:?}", $prefix))
+                })?;
+                Ok($name(b))
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!($prefix, ":{}"), self.to_hex())
+            }
+        }
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({})"), self)
+            }
+        }
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    };
+}
+
+hash_id!(
+    /// BLAKE3-256 of a chunk's raw bytes.
+    ChunkId, "blake3"
+);
+hash_id!(
+    /// BLAKE3-256 of a whole regular file's content; equals the ChunkId of a one-chunk file.
+    FileId, "blake3"
+);
+hash_id!(
+    /// OCI diff_id: SHA-256 of the uncompressed layer tar.
+    LayerId, "sha256"
+);
+hash_id!(
+    /// SHA-256 of a layer blob as it arrived (compressed).
+    BlobDigest, "sha256"
+);
+
+impl ChunkId {
+    /// Hash raw chunk bytes.
+    pub fn of(data: &[u8]) -> Self {
+        ChunkId(*blake3::hash(data).as_bytes())
+    }
+}
+
+impl FileId {
+    /// Hash a whole file's bytes.
+    pub fn of(data: &[u8]) -> Self {
+        FileId(*blake3::hash(data).as_bytes())
+    }
+    /// A one-chunk file's id is its chunk's id.
+    pub fn from_chunk(c: ChunkId) -> Self {
+        FileId(c.0)
+    }
+    /// The chunk id equal to this file id (for one-chunk files).
+    pub fn as_chunk(&self) -> ChunkId {
+        ChunkId(self.0)
+    }
+}
+
+/// A pack file's number within one store.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, serde::Serialize)]
+pub struct PackId(pub u64);
+
+impl PackId {
+    /// The pack's file name, `<16 hex digits>.pack`.
+    pub fn file_name(&self) -> String {
+        format!("{:016x}.pack", self.0)
+    }
+    /// Parse a file name made by [`PackId::file_name`].
+    pub fn from_file_name(name: &str) -> Option<Self> {
+        let h = name.strip_suffix(".pack")?;
+        if h.len() != 16 {
+            return None;
+        }
+        u64::from_str_radix(h, 16).ok().map(PackId)
+    }
+}
+
+impl fmt::Display for PackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_round_trip() {
+        let l = LayerId::from_bytes([0xab; 32]);
+        assert_eq!(LayerId::parse(&l.to_string()).unwrap(), l);
+        assert_eq!(LayerId::parse(&l.to_hex()).unwrap(), l);
+        assert!(LayerId::parse("sha256:zz").is_err());
+        assert_eq!(
+            PackId::from_file_name(&PackId(77).file_name()),
+            Some(PackId(77))
+        );
+        assert_eq!(PackId::from_file_name("x.pack"), None);
+    }
+
+    #[test]
+    fn one_chunk_file_id_is_chunk_id() {
+        let d = b"hello";
+        assert_eq!(FileId::of(d).as_chunk(), ChunkId::of(d));
+    }
+}

@@ -1,0 +1,67 @@
+//! chunkstore: a content-addressed chunk store and dedup engine for container
+//! image layers.
+//!
+//! A [`Store`] ingests layer tarballs (plain, gzip or zstd), splits each
+//! regular file into content-defined chunks (FastCDC), names everything by
+//! BLAKE3, stores each distinct chunk once (zstd-compressed, in append-only
+//! packs) and gives every layer back byte for byte.
+//!
+//! ```
+//! use chunkstore::{IngestOptions, Store};
+//! # fn main() -> chunkstore::Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! let store = Store::open(dir.path())?;
+//! // A one-file tar built in memory; real callers pass a file or a stream.
+//! let mut b = tar::Builder::new(Vec::new());
+//! let mut h = tar::Header::new_ustar();
+//! h.set_size(5);
+//! h.set_cksum();
+//! b.append_data(&mut h, "hello.txt", &b"hello"[..]).unwrap();
+//! let tar = b.into_inner().unwrap();
+//!
+//! let summary = store.ingest(&tar[..], &IngestOptions::default())?;
+//! let mut back = Vec::new();
+//! store.export(&summary.layer.id, &mut back)?;
+//! assert_eq!(back, tar);
+//! assert!(store.verify(Default::default())?.is_clean());
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod backend;
+mod chunker;
+mod error;
+mod export;
+mod failpoint;
+mod ids;
+mod index;
+mod ingest;
+mod input;
+mod pack;
+mod recipe;
+mod store;
+mod tarsplit;
+mod verify;
+
+pub use backend::{Backend, FaultyBackend, LocalBackend, MemoryBackend, PackBytes};
+pub use chunker::ChunkerParams;
+pub use error::{Error, ErrorKind, Result};
+pub use export::LayerReader;
+pub use ids::{BlobDigest, ChunkId, FileId, LayerId, PackId};
+pub use index::LayerInfo;
+pub use ingest::{IngestOptions, IngestSummary};
+pub use input::Compression;
+pub use recipe::{FileRecipe, RecipeItem, RecipeReader};
+pub use store::{Store, StoreOptions, StoreStats};
+pub use verify::{Damage, VerifyOptions, VerifyReport};
+
+#[cfg(test)]
+mod tests {
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn store_is_send_sync() {
+        assert_send_sync::<crate::Store>();
+    }
+}

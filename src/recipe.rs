@@ -1,0 +1,287 @@
+//! Layer and file recipes (docs/format.md): how to rebuild a layer tar from
+//! raw header bytes and stored files, and a file from its chunks.
+
+use crate::error::{Error, Result};
+use crate::ids::{ChunkId, FileId};
+use std::io::{Read, Write};
+
+pub(crate) const MAGIC: &[u8; 8] = b"CSRECIPE";
+pub(crate) const VERSION: u32 = 1;
+const TAG_END: u8 = 0;
+const TAG_RAW: u8 = 1;
+const TAG_FILE: u8 = 2;
+const TAG_DATA: u8 = 3;
+/// Bounds on what a recipe may declare, so a damaged one cannot exhaust memory.
+const MAX_RAW: u32 = 32 << 20;
+const MAX_PATH: u32 = 1 << 20;
+
+/// One step of a layer rebuild.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecipeItem {
+    /// Bytes copied verbatim: headers, extension records, padding, the tail.
+    Raw(Vec<u8>),
+    /// A regular file's content, with the entry's path as the tar names it.
+    File {
+        /// The file's content id.
+        id: FileId,
+        /// Its length.
+        size: u64,
+        /// Its path in the tar (PAX or GNU long name when present), as bytes.
+        path: Vec<u8>,
+    },
+    /// Data of a non-file entry, stored like a file but not counted as one.
+    Data {
+        /// The content id.
+        id: FileId,
+        /// Its length.
+        size: u64,
+    },
+}
+
+/// Builds a layer recipe, compressing as it goes.
+pub(crate) struct RecipeWriter {
+    enc: zstd::stream::write::Encoder<'static, Vec<u8>>,
+}
+
+impl RecipeWriter {
+    pub fn new() -> Result<Self> {
+        let mut head = Vec::with_capacity(16);
+        head.extend_from_slice(MAGIC);
+        head.extend_from_slice(&VERSION.to_le_bytes());
+        head.extend_from_slice(&0u32.to_le_bytes());
+        let enc = zstd::stream::write::Encoder::new(head, 9)
+            .map_err(|e| Error::io("recipe encoder", e))?;
+        Ok(RecipeWriter { enc })
+    }
+
+    fn put(&mut self, b: &[u8]) -> Result<()> {
+        self.enc
+            .write_all(b)
+            .map_err(|e| Error::io("writing recipe", e))
+    }
+
+    pub fn raw(&mut self, mut b: &[u8]) -> Result<()> {
+        while !b.is_empty() {
+            let n = b.len().min(MAX_RAW as usize);
+            self.put(&[TAG_RAW])?;
+            self.put(&(n as u32).to_le_bytes())?;
+            self.put(&b[..n])?;
+            b = &b[n..];
+        }
+        Ok(())
+    }
+
+    pub fn file(&mut self, id: &FileId, size: u64, path: &[u8]) -> Result<()> {
+        let plen = u32::try_from(path.len()).ok().filter(|l| *l <= MAX_PATH);
+        let plen = plen.ok_or_else(|| {
+            Error::invalid(format!("entry path of {} bytes is too long", path.len()))
+        })?;
+        self.put(&[TAG_FILE])?;
+        self.put(id.as_bytes())?;
+        self.put(&size.to_le_bytes())?;
+        self.put(&plen.to_le_bytes())?;
+        self.put(path)
+    }
+
+    pub fn data(&mut self, id: &FileId, size: u64) -> Result<()> {
+        self.put(&[TAG_DATA])?;
+        self.put(id.as_bytes())?;
+        self.put(&size.to_le_bytes())
+    }
+
+    pub fn finish(mut self) -> Result<Vec<u8>> {
+        self.put(&[TAG_END])?;
+        self.enc
+            .finish()
+            .map_err(|e| Error::io("finishing recipe", e))
+    }
+}
+
+/// Streams the items of a stored layer recipe.
+pub struct RecipeReader {
+    dec: zstd::stream::read::Decoder<'static, std::io::BufReader<std::io::Cursor<Vec<u8>>>>,
+    ended: bool,
+}
+
+impl RecipeReader {
+    /// Open an encoded recipe.
+    pub fn new(bytes: Vec<u8>) -> Result<Self> {
+        if bytes.len() < 16 || &bytes[..8] != MAGIC {
+            return Err(Error::corrupt("not a layer recipe (bad magic)"));
+        }
+        let v = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        if v != VERSION {
+            return Err(Error::corrupt(format!("unsupported recipe version {v}")));
+        }
+        let mut cur = std::io::Cursor::new(bytes);
+        cur.set_position(16);
+        let dec =
+            zstd::stream::read::Decoder::new(cur).map_err(|e| Error::io("recipe decoder", e))?;
+        Ok(RecipeReader { dec, ended: false })
+    }
+
+    fn take<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let mut b = [0u8; N];
+        self.dec
+            .read_exact(&mut b)
+            .map_err(|e| Error::corrupt("layer recipe is truncated or damaged").with_source(e))?;
+        Ok(b)
+    }
+
+    fn take_vec(&mut self, n: u32, limit: u32) -> Result<Vec<u8>> {
+        if n > limit {
+            return Err(Error::corrupt(format!(
+                "layer recipe declares a {n}-byte item (limit {limit})"
+            )));
+        }
+        let mut v = vec![0u8; n as usize];
+        self.dec
+            .read_exact(&mut v)
+            .map_err(|e| Error::corrupt("layer recipe is truncated or damaged").with_source(e))?;
+        Ok(v)
+    }
+
+    /// The next item, or `None` after the end marker.
+    pub fn next_item(&mut self) -> Result<Option<RecipeItem>> {
+        if self.ended {
+            return Ok(None);
+        }
+        let [tag] = self.take::<1>()?;
+        Ok(Some(match tag {
+            TAG_END => {
+                self.ended = true;
+                return Ok(None);
+            }
+            TAG_RAW => {
+                let n = u32::from_le_bytes(self.take()?);
+                RecipeItem::Raw(self.take_vec(n, MAX_RAW)?)
+            }
+            TAG_FILE | TAG_DATA => {
+                let id = FileId::from_bytes(self.take()?);
+                let size = u64::from_le_bytes(self.take()?);
+                if tag == TAG_DATA {
+                    RecipeItem::Data { id, size }
+                } else {
+                    let n = u32::from_le_bytes(self.take()?);
+                    RecipeItem::File {
+                        id,
+                        size,
+                        path: self.take_vec(n, MAX_PATH)?,
+                    }
+                }
+            }
+            t => {
+                return Err(Error::corrupt(format!(
+                    "layer recipe has unknown item tag {t}"
+                )))
+            }
+        }))
+    }
+}
+
+impl Iterator for RecipeReader {
+    type Item = Result<RecipeItem>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_item().transpose()
+    }
+}
+
+/// A file recipe: its size and its chunks in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRecipe {
+    /// The file's length in bytes.
+    pub size: u64,
+    /// Each chunk's id and raw length.
+    pub chunks: Vec<(ChunkId, u32)>,
+}
+
+impl FileRecipe {
+    /// `size u64 | count u32 | (chunk id [32] | len u32) * count`
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(12 + 36 * self.chunks.len());
+        b.extend_from_slice(&self.size.to_le_bytes());
+        b.extend_from_slice(&(self.chunks.len() as u32).to_le_bytes());
+        for (id, len) in &self.chunks {
+            b.extend_from_slice(id.as_bytes());
+            b.extend_from_slice(&len.to_le_bytes());
+        }
+        b
+    }
+
+    pub(crate) fn decode(b: &[u8]) -> Result<Self> {
+        let bad = || Error::corrupt("file recipe is malformed");
+        if b.len() < 12 {
+            return Err(bad());
+        }
+        let size = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
+        let n = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")) as usize;
+        if b.len() != 12 + 36 * n {
+            return Err(bad());
+        }
+        let chunks = b[12..]
+            .chunks_exact(36)
+            .map(|c| {
+                let id = ChunkId::from_bytes(c[..32].try_into().expect("32 bytes"));
+                (id, u32::from_le_bytes(c[32..].try_into().expect("4 bytes")))
+            })
+            .collect();
+        Ok(FileRecipe { size, chunks })
+    }
+
+    /// Whether the chunk lengths add up to the size.
+    pub(crate) fn consistent(&self) -> bool {
+        self.chunks.iter().map(|(_, l)| *l as u64).sum::<u64>() == self.size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_recipe_round_trip() {
+        let mut w = RecipeWriter::new().unwrap();
+        w.raw(&[1, 2, 3]).unwrap();
+        w.file(&FileId::of(b"x"), 1, b"etc/x").unwrap();
+        w.data(&FileId::of(b"yy"), 2).unwrap();
+        let bytes = w.finish().unwrap();
+        let items: Vec<_> = RecipeReader::new(bytes.clone())
+            .unwrap()
+            .collect::<Result<_>>()
+            .unwrap();
+        assert_eq!(
+            items,
+            vec![
+                RecipeItem::Raw(vec![1, 2, 3]),
+                RecipeItem::File {
+                    id: FileId::of(b"x"),
+                    size: 1,
+                    path: b"etc/x".to_vec()
+                },
+                RecipeItem::Data {
+                    id: FileId::of(b"yy"),
+                    size: 2
+                },
+            ]
+        );
+        // A damaged recipe is an error, not a panic or a silent short read.
+        for cut in [10, 17, bytes.len() - 1] {
+            let r = RecipeReader::new(bytes[..cut].to_vec());
+            assert!(r
+                .map(|r| r.collect::<Result<Vec<_>>>())
+                .and_then(|x| x)
+                .is_err());
+        }
+    }
+
+    #[test]
+    fn file_recipe_round_trip() {
+        let r = FileRecipe {
+            size: 5,
+            chunks: vec![(ChunkId::of(b"ab"), 2), (ChunkId::of(b"cde"), 3)],
+        };
+        assert_eq!(FileRecipe::decode(&r.encode()).unwrap(), r);
+        assert!(r.consistent());
+        assert!(FileRecipe::decode(&r.encode()[1..]).is_err());
+    }
+}

@@ -1,0 +1,278 @@
+//! Verify: re-hash every chunk, check every file and layer recipe, and
+//! optionally rebuild every layer against its diff_id.
+
+use crate::error::Result;
+use crate::ids::{ChunkId, FileId, LayerId, PackId};
+use crate::index::{LayerInfo, PackInfo, CHUNKS, FILES, LAYERS, PACKS, RECIPES};
+use crate::pack::{self, ChunkLoc};
+use crate::recipe::{FileRecipe, RecipeItem, RecipeReader};
+use crate::store::Store;
+use rayon::prelude::*;
+use redb::ReadableTable;
+use std::collections::{BTreeMap, HashMap};
+
+/// What to check.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VerifyOptions {
+    /// Also rebuild every layer and compare its SHA-256 with the diff_id.
+    pub full: bool,
+}
+
+/// One damaged object.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Damage {
+    /// `chunk`, `file`, `layer` or `pack`.
+    pub kind: &'static str,
+    /// Its id.
+    pub id: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// The outcome of [`Store::verify`].
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct VerifyReport {
+    /// Chunks re-hashed.
+    pub chunks: u64,
+    /// File recipes checked.
+    pub files: u64,
+    /// Layer recipes checked.
+    pub layers: u64,
+    /// Layers rebuilt and compared with their diff_id (with `full`).
+    pub layers_rebuilt: u64,
+    /// Everything found wrong.
+    pub damaged: Vec<Damage>,
+}
+
+impl VerifyReport {
+    /// True when nothing is damaged.
+    pub fn is_clean(&self) -> bool {
+        self.damaged.is_empty()
+    }
+}
+
+fn damage(kind: &'static str, id: impl ToString, problem: impl Into<String>) -> Damage {
+    Damage {
+        kind,
+        id: id.to_string(),
+        problem: problem.into(),
+    }
+}
+
+impl Store {
+    /// Check the whole store; damage is reported, not returned as an error.
+    pub fn verify(&self, opts: VerifyOptions) -> Result<VerifyReport> {
+        let mut report = VerifyReport::default();
+        let tx = self.db.begin_read()?;
+        let mut by_pack: BTreeMap<PackId, Vec<(ChunkId, ChunkLoc)>> = BTreeMap::new();
+        let mut raw_len: HashMap<ChunkId, u32> = HashMap::new();
+        for e in tx.open_table(CHUNKS)?.iter()? {
+            let (k, v) = e?;
+            let id = ChunkId::from_bytes(
+                k.value()
+                    .try_into()
+                    .map_err(|_| crate::Error::corrupt("bad chunk key"))?,
+            );
+            let loc = ChunkLoc::decode(v.value())?;
+            raw_len.insert(id, loc.raw_len);
+            by_pack.entry(loc.pack).or_default().push((id, loc));
+        }
+        let packs: BTreeMap<PackId, PackInfo> = tx
+            .open_table(PACKS)?
+            .iter()?
+            .map(|e| {
+                let (k, v) = e?;
+                Ok((PackId(k.value()), PackInfo::decode(v.value())?))
+            })
+            .collect::<Result<_>>()?;
+        for (pid, chunks) in &by_pack {
+            report.chunks += chunks.len() as u64;
+            if !packs.contains_key(pid) {
+                report.damaged.push(damage(
+                    "pack",
+                    pid,
+                    format!("named by {} chunks but not recorded", chunks.len()),
+                ));
+            }
+            let bytes = match self.backend.read_whole_pack(*pid) {
+                Ok(b) => b,
+                Err(e) => {
+                    report
+                        .damaged
+                        .push(damage("pack", pid, format!("unreadable: {e}")));
+                    for (id, _) in chunks {
+                        report.damaged.push(damage(
+                            "chunk",
+                            id,
+                            format!("in unreadable pack {pid}"),
+                        ));
+                    }
+                    continue;
+                }
+            };
+            let bad: Vec<Damage> = chunks
+                .par_iter()
+                .filter_map(|(id, loc)| {
+                    let end = loc.offset as usize + loc.stored_len as usize;
+                    let stored = bytes.get(loc.offset as usize..end)?;
+                    match pack::decode_chunk(stored, loc.raw_len) {
+                        Ok(raw) if ChunkId::of(&raw) == *id => None,
+                        Ok(_) => Some(damage("chunk", id, "content does not match its id")),
+                        Err(e) => Some(damage("chunk", id, e.to_string())),
+                    }
+                })
+                .collect();
+            report.damaged.extend(bad);
+            for (id, loc) in chunks {
+                if loc.offset as usize + loc.stored_len as usize > bytes.len() {
+                    report.damaged.push(damage(
+                        "chunk",
+                        id,
+                        format!("lies past the end of pack {pid}"),
+                    ));
+                }
+            }
+        }
+        for (pid, info) in &packs {
+            match self.backend.read_whole_pack(*pid) {
+                Ok(b) if b.len() as u64 != info.len => report.damaged.push(damage(
+                    "pack",
+                    pid,
+                    format!("is {} bytes, index says {}", b.len(), info.len),
+                )),
+                Ok(b) => match pack::scan(*pid, &b) {
+                    Err(e) => report.damaged.push(damage("pack", pid, e.to_string())),
+                    Ok(entries) => {
+                        // Every index entry must point at the data of an entry with its id.
+                        let framed: HashMap<u64, ChunkId> =
+                            entries.iter().map(|e| (e.loc.offset, e.id)).collect();
+                        for (id, loc) in by_pack.get(pid).map_or(&[][..], |v| &v[..]) {
+                            if framed.get(&loc.offset) != Some(id) {
+                                report.damaged.push(damage("chunk", id, format!("index points into pack {pid} where no entry of that id starts")));
+                            }
+                        }
+                    }
+                },
+                Err(_) if by_pack.contains_key(pid) => {} // reported above
+                Err(e) => report
+                    .damaged
+                    .push(damage("pack", pid, format!("unreadable: {e}"))),
+            }
+        }
+        let mut file_size: HashMap<FileId, u64> = HashMap::new();
+        for e in tx.open_table(FILES)?.iter()? {
+            let (k, v) = e?;
+            report.files += 1;
+            let id = FileId::from_bytes(
+                k.value()
+                    .try_into()
+                    .map_err(|_| crate::Error::corrupt("bad file key"))?,
+            );
+            let r = match FileRecipe::decode(v.value()) {
+                Ok(r) => r,
+                Err(e) => {
+                    report.damaged.push(damage("file", id, e.to_string()));
+                    continue;
+                }
+            };
+            file_size.insert(id, r.size);
+            if !r.consistent() {
+                report.damaged.push(damage(
+                    "file",
+                    id,
+                    "chunk lengths do not add up to its size",
+                ));
+            }
+            if r.chunks.len() == 1 && r.chunks[0].0 != id.as_chunk() {
+                report.damaged.push(damage(
+                    "file",
+                    id,
+                    "one-chunk file whose chunk id differs from its id",
+                ));
+            }
+            for (c, len) in &r.chunks {
+                match raw_len.get(c) {
+                    None => {
+                        report
+                            .damaged
+                            .push(damage("file", id, format!("chunk {c} is missing")))
+                    }
+                    Some(l) if l != len => {
+                        report
+                            .damaged
+                            .push(damage("file", id, format!("chunk {c} length differs")))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let recipes = tx.open_table(RECIPES)?;
+        for e in tx.open_table(LAYERS)?.iter()? {
+            let (k, v) = e?;
+            report.layers += 1;
+            let info = match LayerInfo::decode(v.value()) {
+                Ok(i) => i,
+                Err(e) => {
+                    report
+                        .damaged
+                        .push(damage("layer", hex::encode(k.value()), e.to_string()));
+                    continue;
+                }
+            };
+            if let Err(problem) = check_recipe(
+                &info,
+                recipes.get(k.value())?.map(|r| r.value().to_vec()),
+                &file_size,
+            ) {
+                report.damaged.push(damage("layer", info.id, problem));
+            }
+        }
+        if opts.full {
+            let ids: Vec<LayerId> = self.layers()?.into_iter().map(|l| l.id).collect();
+            let bad: Vec<Damage> = ids
+                .par_iter()
+                .filter_map(|id| {
+                    let r = self.open_layer(id).and_then(|mut r| {
+                        std::io::copy(&mut r, &mut std::io::sink())
+                            .map_err(|e| crate::error::from_io(e, "rebuild"))
+                    });
+                    r.err()
+                        .map(|e| damage("layer", id, format!("rebuild failed: {e}")))
+                })
+                .collect();
+            report.layers_rebuilt = ids.len() as u64;
+            report.damaged.extend(bad);
+        }
+        Ok(report)
+    }
+}
+
+fn check_recipe(
+    info: &LayerInfo,
+    recipe: Option<Vec<u8>>,
+    files: &HashMap<FileId, u64>,
+) -> Result<(), String> {
+    let recipe = recipe.ok_or("recipe is missing")?;
+    let mut total = 0u64;
+    for item in RecipeReader::new(recipe).map_err(|e| e.to_string())? {
+        match item.map_err(|e| e.to_string())? {
+            RecipeItem::Raw(b) => total += b.len() as u64,
+            RecipeItem::File { id, size, .. } | RecipeItem::Data { id, size } => {
+                total += size;
+                match files.get(&id) {
+                    Some(s) if *s == size => {}
+                    Some(s) => return Err(format!("file {id} is {s} bytes, recipe says {size}")),
+                    None if size == 0 => {}
+                    None => return Err(format!("file {id} is missing")),
+                }
+            }
+        }
+    }
+    if total != info.tar_size {
+        return Err(format!(
+            "recipe rebuilds {total} bytes, layer is {}",
+            info.tar_size
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! Integration tests, one binary: the `chunkstore` command run as a real
+//! process on tars written by real tools.
+
+mod bad_input;
+mod common;
+mod crash;
+mod props;
+mod roundtrip;
