@@ -18,11 +18,7 @@ pub struct ChunkerParams {
 impl Default for ChunkerParams {
     /// Chosen by measurement on the public corpus; see docs/benchmarks.md.
     fn default() -> Self {
-        ChunkerParams {
-            min: 16 * 1024,
-            avg: 64 * 1024,
-            max: 256 * 1024,
-        }
+        ChunkerParams { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 }
     }
 }
 
@@ -37,10 +33,7 @@ impl ChunkerParams {
         if ok {
             Ok(())
         } else {
-            Err(Error::new(
-                crate::ErrorKind::Config,
-                format!("invalid chunker sizes {self:?}"),
-            ))
+            Err(Error::new(crate::ErrorKind::Config, format!("invalid chunker sizes {self:?}")))
         }
     }
 
@@ -57,11 +50,7 @@ impl ChunkerParams {
             return Err(Error::corrupt("stored chunker parameters are malformed"));
         }
         let at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
-        let p = ChunkerParams {
-            min: at(0),
-            avg: at(4),
-            max: at(8),
-        };
+        let p = ChunkerParams { min: at(0), avg: at(4), max: at(8) };
         p.validate()?;
         Ok(p)
     }
@@ -78,32 +67,21 @@ pub(crate) struct Chunker {
 
 impl Chunker {
     pub fn new(p: ChunkerParams) -> Self {
-        Chunker {
-            p,
-            window: Vec::new(),
-        }
+        Chunker { p, window: Vec::new() }
     }
 
     /// Read exactly `size` bytes from `r` and hand each chunk, in order, to `emit`.
     /// Cut points equal those of FastCDC over the whole file at once: a cut is
     /// only sought while at least `max` bytes (or the file's end) are in view.
-    pub fn chunk<R: Read>(
-        &mut self,
-        mut r: R,
-        size: u64,
-        mut emit: impl FnMut(Vec<u8>) -> Result<()>,
-    ) -> Result<()> {
+    pub fn chunk<R: Read>(&mut self, mut r: R, size: u64, mut emit: impl FnMut(Vec<u8>) -> Result<()>) -> Result<()> {
         let ChunkerParams { min, avg, max } = self.p;
         if size <= WINDOW as u64 {
             let mut data = vec![0u8; size as usize];
-            r.read_exact(&mut data)
-                .map_err(|e| crate::error::from_io(e, "reading file content"))?;
+            r.read_exact(&mut data).map_err(|e| crate::error::from_io(e, "reading file content"))?;
             if size <= min as u64 {
                 return if size == 0 { Ok(()) } else { emit(data) };
             }
-            let cuts: Vec<_> = FastCDC::new(&data, min, avg, max)
-                .map(|c| (c.offset, c.length))
-                .collect();
+            let cuts: Vec<_> = FastCDC::new(&data, min, avg, max).map(|c| (c.offset, c.length)).collect();
             if cuts.len() == 1 {
                 return emit(data);
             }
@@ -176,9 +154,7 @@ mod tests {
     fn streaming_matches_whole_file_cuts() {
         let p = ChunkerParams::default();
         let data = pseudo_random(WINDOW * 2 + 12345, 7);
-        let whole: Vec<usize> = FastCDC::new(&data, p.min, p.avg, p.max)
-            .map(|c| c.length)
-            .collect();
+        let whole: Vec<usize> = FastCDC::new(&data, p.min, p.avg, p.max).map(|c| c.length).collect();
         assert_eq!(cuts(p, &data), whole);
         assert_eq!(cuts(p, &data).iter().sum::<usize>(), data.len());
     }
@@ -194,12 +170,6 @@ mod tests {
     fn params_round_trip_and_validate() {
         let p = ChunkerParams::default();
         assert_eq!(ChunkerParams::decode(&p.encode()).unwrap(), p);
-        assert!(ChunkerParams {
-            min: 10,
-            avg: 64,
-            max: 100
-        }
-        .validate()
-        .is_err());
+        assert!(ChunkerParams { min: 10, avg: 64, max: 100 }.validate().is_err());
     }
 }

@@ -53,15 +53,14 @@ impl Store {
     /// Write a layer's original tar to `out`; returns its length.
     pub fn export(&self, id: &LayerId, mut out: impl Write) -> Result<u64> {
         let mut r = self.open_layer(id)?;
-        io::copy(&mut r, &mut out)
-            .map_err(|e| crate::error::from_io(e, format!("exporting layer {id}")))
+        io::copy(&mut r, &mut out).map_err(|e| crate::error::from_io(e, format!("exporting layer {id}")))
     }
 
     /// A stored file's recipe.
     pub fn file_recipe(&self, id: &FileId) -> Result<Option<FileRecipe>> {
         let tx = self.db.begin_read()?;
         let v = tx.open_table(FILES)?.get(&id.as_bytes()[..])?;
-        v.map(|v| FileRecipe::decode(v.value())).transpose()
+        v.map(|v| crate::index::decode_file(v.value()).map(|(_, r)| r)).transpose()
     }
 }
 
@@ -80,14 +79,9 @@ impl LayerReader<'_> {
                     .get(&cid.as_bytes()[..])?
                     .map(|v| ChunkLoc::decode(v.value()))
                     .transpose()?
-                    .ok_or_else(|| {
-                        Error::corrupt(format!("layer {}: chunk {cid} is missing", self.id))
-                    })?;
+                    .ok_or_else(|| Error::corrupt(format!("layer {}: chunk {cid} is missing", self.id)))?;
                 if loc.raw_len != len {
-                    return Err(Error::corrupt(format!(
-                        "chunk {cid}: index says {} bytes, recipe {len}",
-                        loc.raw_len
-                    )));
+                    return Err(Error::corrupt(format!("chunk {cid}: index says {} bytes, recipe {len}", loc.raw_len)));
                 }
                 self.buf = self.store.read_chunk(&loc)?;
                 self.pos = 0;
@@ -107,15 +101,11 @@ impl LayerReader<'_> {
                     let r = self
                         .files
                         .get(&id.as_bytes()[..])?
-                        .map(|v| FileRecipe::decode(v.value()))
+                        .map(|v| crate::index::decode_file(v.value()).map(|(_, r)| r))
                         .transpose()?
-                        .ok_or_else(|| {
-                            Error::corrupt(format!("layer {}: file {id} is missing", self.id))
-                        })?;
+                        .ok_or_else(|| Error::corrupt(format!("layer {}: file {id} is missing", self.id)))?;
                     if r.size != size || !r.consistent() {
-                        return Err(Error::corrupt(format!(
-                            "file {id}: recipe does not add up to {size} bytes"
-                        )));
+                        return Err(Error::corrupt(format!("file {id}: recipe does not add up to {size} bytes")));
                     }
                     self.queue.extend(r.chunks);
                 }

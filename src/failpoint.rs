@@ -6,11 +6,7 @@ use std::sync::OnceLock;
 
 pub(crate) fn hit(name: &str) {
     static ARMED: OnceLock<Option<String>> = OnceLock::new();
-    if ARMED
-        .get_or_init(|| std::env::var("CHUNKSTORE_FAILPOINT").ok())
-        .as_deref()
-        == Some(name)
-    {
+    if ARMED.get_or_init(|| std::env::var("CHUNKSTORE_FAILPOINT").ok()).as_deref() == Some(name) {
         eprintln!("chunkstore: failpoint {name}: aborting");
         std::process::abort();
     }

@@ -125,10 +125,7 @@ mod tests {
         assert_eq!(LayerId::parse(&l.to_string()).unwrap(), l);
         assert_eq!(LayerId::parse(&l.to_hex()).unwrap(), l);
         assert!(LayerId::parse("sha256:zz").is_err());
-        assert_eq!(
-            PackId::from_file_name(&PackId(77).file_name()),
-            Some(PackId(77))
-        );
+        assert_eq!(PackId::from_file_name(&PackId(77).file_name()), Some(PackId(77)));
         assert_eq!(PackId::from_file_name("x.pack"), None);
     }
 

@@ -3,13 +3,14 @@
 use crate::error::{Error, Result};
 use crate::ids::{BlobDigest, LayerId};
 use crate::input::Compression;
+use crate::recipe::FileRecipe;
 use redb::TableDefinition;
 
 /// Store-wide settings: format version, chunker parameters.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// ChunkId → ChunkLoc (24 bytes).
+/// ChunkId → ChunkLoc (28 bytes).
 pub(crate) const CHUNKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("chunks");
-/// FileId → FileRecipe.
+/// FileId → file number u32 | FileRecipe.
 pub(crate) const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
 /// LayerId → LayerInfo.
 pub(crate) const LAYERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("layers");
@@ -17,11 +18,17 @@ pub(crate) const LAYERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("l
 pub(crate) const RECIPES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("recipes");
 /// Compressed blob digest → LayerId.
 pub(crate) const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
+/// LayerId → LayerMap (dense file and chunk numbers in recipe order).
+pub(crate) const LAYER_MAPS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("layer_maps");
 /// PackId → pack length u64 | chunk count u64.
 pub(crate) const PACKS: TableDefinition<u64, &[u8]> = TableDefinition::new("packs");
 
 pub(crate) const FORMAT_KEY: &str = "format";
 pub(crate) const CHUNKER_KEY: &str = "chunker";
+/// Next dense chunk number (u32).
+pub(crate) const NEXT_CHUNK_KEY: &str = "next_chunk_num";
+/// Next dense file number (u32).
+pub(crate) const NEXT_FILE_KEY: &str = "next_file_num";
 /// Index format version; bump on any incompatible change to a table's encoding.
 pub(crate) const FORMAT_VERSION: u32 = 1;
 
@@ -58,14 +65,7 @@ impl LayerInfo {
         b.push(self.blob.is_some() as u8);
         b.extend_from_slice(self.id.as_bytes());
         b.extend_from_slice(self.blob.as_ref().map_or(&[0u8; 32], |d| d.as_bytes()));
-        for v in [
-            self.tar_size,
-            self.entries,
-            self.files,
-            self.file_bytes,
-            self.chunks,
-            self.ingested_at,
-        ] {
+        for v in [self.tar_size, self.entries, self.files, self.file_bytes, self.chunks, self.ingested_at] {
             b.extend_from_slice(&v.to_le_bytes());
         }
         b
@@ -76,10 +76,8 @@ impl LayerInfo {
             return Err(Error::corrupt("layer record is malformed"));
         }
         let id = LayerId::from_bytes(b[3..35].try_into().expect("32 bytes"));
-        let blob =
-            (b[2] != 0).then(|| BlobDigest::from_bytes(b[35..67].try_into().expect("32 bytes")));
-        let n =
-            |i: usize| u64::from_le_bytes(b[67 + 8 * i..75 + 8 * i].try_into().expect("8 bytes"));
+        let blob = (b[2] != 0).then(|| BlobDigest::from_bytes(b[35..67].try_into().expect("32 bytes")));
+        let n = |i: usize| u64::from_le_bytes(b[67 + 8 * i..75 + 8 * i].try_into().expect("8 bytes"));
         Ok(LayerInfo {
             id,
             blob,
@@ -91,6 +89,33 @@ impl LayerInfo {
             chunks: n(4),
             ingested_at: n(5),
         })
+    }
+}
+
+/// FILES value: the file's dense number, then its recipe.
+pub(crate) fn encode_file(num: u32, r: &FileRecipe) -> Vec<u8> {
+    let mut b = num.to_le_bytes().to_vec();
+    b.extend_from_slice(&r.encode());
+    b
+}
+
+pub(crate) fn decode_file(b: &[u8]) -> Result<(u32, FileRecipe)> {
+    if b.len() < 4 {
+        return Err(Error::corrupt("file record is malformed"));
+    }
+    Ok((u32::from_le_bytes(b[..4].try_into().expect("4 bytes")), FileRecipe::decode(&b[4..])?))
+}
+
+/// A u32 counter kept in META.
+pub(crate) fn get_counter(meta: &redb::Table<&str, &[u8]>, key: &str) -> Result<u32> {
+    use redb::ReadableTable;
+    match meta.get(key)? {
+        None => Ok(0),
+        Some(v) => v
+            .value()
+            .try_into()
+            .map(u32::from_le_bytes)
+            .map_err(|_| Error::corrupt(format!("counter {key} is malformed"))),
     }
 }
 

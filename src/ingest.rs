@@ -6,8 +6,9 @@ use crate::chunker::Chunker;
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::ids::{BlobDigest, ChunkId, FileId, LayerId, PackId};
-use crate::index::{LayerInfo, PackInfo, BLOBS, CHUNKS, FILES, LAYERS, PACKS, RECIPES};
+use crate::index::{self, LayerInfo, PackInfo, BLOBS, CHUNKS, FILES, LAYERS, LAYER_MAPS, META, PACKS, RECIPES};
 use crate::input;
+use crate::layermap::{LayerMap, MapEntry};
 use crate::pack::{self, ChunkLoc, PackWriter};
 use crate::recipe::{FileRecipe, RecipeWriter};
 use crate::store::Store;
@@ -63,6 +64,8 @@ const BATCH_BYTES: usize = 4 << 20;
 #[derive(Default)]
 struct Written {
     chunks: HashMap<ChunkId, ChunkLoc>,
+    /// New chunks in stream order, so their dense numbers follow the layer.
+    chunk_order: Vec<ChunkId>,
     files: HashMap<FileId, FileRecipe>,
     packs: Vec<(PackId, PackInfo)>,
     chunk_bytes: u64,
@@ -87,12 +90,9 @@ impl Store {
             };
             let walked = self.walk(reader, counter.clone(), |b| tx.send(b).is_ok());
             drop(tx);
-            let written = writer.join().unwrap_or_else(|_| {
-                Err(Error::io(
-                    "writer thread panicked",
-                    std::io::Error::other("panic"),
-                ))
-            });
+            let written = writer
+                .join()
+                .unwrap_or_else(|_| Err(Error::io("writer thread panicked", std::io::Error::other("panic"))));
             (walked, written)
         });
         let (walked, written) = match (walked, written) {
@@ -109,12 +109,7 @@ impl Store {
             }
         };
         failpoint::hit("before-commit");
-        let summary = self.commit(
-            walked,
-            &written,
-            counter.load(std::sync::atomic::Ordering::Relaxed),
-            started,
-        )?;
+        let summary = self.commit(walked, &written, counter.load(std::sync::atomic::Ordering::Relaxed), started)?;
         failpoint::hit("after-commit");
         Ok(summary)
     }
@@ -134,13 +129,9 @@ impl Store {
         let mut raw = Vec::new();
         let mut batch: Vec<Piece> = Vec::new();
         let mut batch_bytes = 0usize;
+        let mut contents = Vec::new();
         let (mut files, mut file_bytes, mut chunks) = (0u64, 0u64, 0u64);
-        let stopped = || {
-            Error::io(
-                "the writer thread stopped",
-                std::io::Error::other("writer stopped"),
-            )
-        };
+        let stopped = || Error::io("the writer thread stopped", std::io::Error::other("writer stopped"));
         loop {
             raw.clear();
             let content = split.next(&mut raw)?;
@@ -177,20 +168,13 @@ impl Store {
                     Ok(())
                 })
                 .map_err(|e| {
-                    e.context(format!(
-                        "entry {:?} at offset {}",
-                        String::from_utf8_lossy(&c.path),
-                        c.offset
-                    ))
+                    e.context(format!("entry {:?} at offset {}", String::from_utf8_lossy(&c.path), c.offset))
                 })?;
             let id = match (first, whole) {
                 (Some(f), _) => {
                     let cid = ChunkId::of(&f);
                     batch_bytes += f.len();
-                    batch.push(Piece::Chunk {
-                        data: f,
-                        id: Some(cid),
-                    });
+                    batch.push(Piece::Chunk { data: f, id: Some(cid) });
                     FileId::from_chunk(cid)
                 }
                 (None, Some(h)) => FileId::from_bytes(*h.finalize().as_bytes()),
@@ -203,8 +187,12 @@ impl Store {
                     files += 1;
                     file_bytes += c.size;
                     recipe.file(&id, c.size, &c.path)?;
+                    contents.push(id);
                 }
-                ContentKind::Data => recipe.data(&id, c.size)?,
+                ContentKind::Data => {
+                    recipe.data(&id, c.size)?;
+                    contents.push(id);
+                }
             }
         }
         if !batch.is_empty() && !send(batch) {
@@ -215,10 +203,9 @@ impl Store {
         drop(split);
         let (sha, hashed) = opened.tar_digest.finish();
         debug_assert_eq!(hashed, tar_size);
-        let blob = opened
-            .blob_digest
-            .map(|d| BlobDigest::from_bytes(d.finish().0));
+        let blob = opened.blob_digest.map(|d| BlobDigest::from_bytes(d.finish().0));
         Ok(Walked {
+            contents,
             info: LayerInfo {
                 id: LayerId::from_bytes(sha),
                 blob,
@@ -247,11 +234,7 @@ impl Store {
             for mut batch in rx {
                 // Hash the chunks of multi-chunk files in parallel.
                 batch.par_iter_mut().for_each(|p| {
-                    if let Piece::Chunk {
-                        data,
-                        id: id @ None,
-                    } = p
-                    {
+                    if let Piece::Chunk { data, id: id @ None } = p {
                         *id = Some(ChunkId::of(data));
                     }
                 });
@@ -259,9 +242,7 @@ impl Store {
                 let mut new: Vec<usize> = Vec::new();
                 for (i, p) in batch.iter().enumerate() {
                     if let Piece::Chunk { id: Some(id), data } = p {
-                        if !w.chunks.contains_key(id)
-                            && known_chunks.get(&id.as_bytes()[..])?.is_none()
-                        {
+                        if !w.chunks.contains_key(id) && known_chunks.get(&id.as_bytes()[..])?.is_none() {
                             // Placeholder until packed; marks it as seen.
                             w.chunks.insert(
                                 *id,
@@ -270,8 +251,10 @@ impl Store {
                                     offset: 0,
                                     stored_len: 0,
                                     raw_len: data.len() as u32,
+                                    num: 0,
                                 },
                             );
+                            w.chunk_order.push(*id);
                             new.push(i);
                         }
                     }
@@ -300,22 +283,12 @@ impl Store {
                 }
                 for p in &batch {
                     match p {
-                        Piece::Chunk { data, id: Some(id) } => {
-                            cur_file.push((*id, data.len() as u32))
-                        }
+                        Piece::Chunk { data, id: Some(id) } => cur_file.push((*id, data.len() as u32)),
                         Piece::Chunk { id: None, .. } => unreachable!("hashed above"),
                         Piece::FileEnd { id, size } => {
                             let chunks = std::mem::take(&mut cur_file);
-                            if !w.files.contains_key(id)
-                                && known_files.get(&id.as_bytes()[..])?.is_none()
-                            {
-                                w.files.insert(
-                                    *id,
-                                    FileRecipe {
-                                        size: *size,
-                                        chunks,
-                                    },
-                                );
+                            if !w.files.contains_key(id) && known_files.get(&id.as_bytes()[..])?.is_none() {
+                                w.files.insert(*id, FileRecipe { size: *size, chunks });
                             }
                         }
                     }
@@ -346,35 +319,70 @@ impl Store {
         Ok(())
     }
 
-    fn commit(
-        &self,
-        walked: Walked,
-        w: &Written,
-        input_bytes: u64,
-        started: Instant,
-    ) -> Result<IngestSummary> {
-        let Walked { mut info, recipe } = walked;
+    fn commit(&self, walked: Walked, w: &Written, input_bytes: u64, started: Instant) -> Result<IngestSummary> {
+        let Walked { mut info, recipe, contents } = walked;
         let tx = self.db.begin_write()?;
         let already_present;
         {
+            let mut meta = tx.open_table(META)?;
+            let mut next_chunk = index::get_counter(&meta, index::NEXT_CHUNK_KEY)?;
+            let mut next_file = index::get_counter(&meta, index::NEXT_FILE_KEY)?;
+            let overflow = || Error::new(crate::ErrorKind::Config, "store is full: more than 2^32 chunks or files");
+            // Dense numbers: new chunks in stream order, new files in first-seen order.
             let mut chunks = tx.open_table(CHUNKS)?;
-            for (id, loc) in &w.chunks {
+            let mut new_chunk_nums: HashMap<ChunkId, u32> = HashMap::with_capacity(w.chunk_order.len());
+            for id in &w.chunk_order {
+                let mut loc = w.chunks[id];
+                loc.num = next_chunk;
+                next_chunk = next_chunk.checked_add(1).ok_or_else(overflow)?;
+                new_chunk_nums.insert(*id, loc.num);
                 chunks.insert(&id.as_bytes()[..], &loc.encode()[..])?;
             }
             let mut files = tx.open_table(FILES)?;
-            for (id, r) in &w.files {
-                files.insert(&id.as_bytes()[..], &r.encode()[..])?;
+            let mut seen: HashMap<FileId, MapEntry> = HashMap::new();
+            let mut map = LayerMap::default();
+            for fid in &contents {
+                if let Some(e) = seen.get(fid) {
+                    map.entries.push(e.clone());
+                    continue;
+                }
+                let (num, r) = match w.files.get(fid) {
+                    Some(r) => {
+                        let num = next_file;
+                        next_file = next_file.checked_add(1).ok_or_else(overflow)?;
+                        files.insert(&fid.as_bytes()[..], &index::encode_file(num, r)[..])?;
+                        (num, r.clone())
+                    }
+                    None => {
+                        let v = files.get(&fid.as_bytes()[..])?;
+                        let v = v.ok_or_else(|| Error::corrupt(format!("file {fid} vanished during ingest")))?;
+                        index::decode_file(v.value())?
+                    }
+                };
+                let mut e = MapEntry { file: num, chunks: Vec::with_capacity(r.chunks.len()) };
+                for (cid, _) in &r.chunks {
+                    let n = match new_chunk_nums.get(cid) {
+                        Some(n) => *n,
+                        None => {
+                            let v = chunks.get(&cid.as_bytes()[..])?;
+                            let v = v.ok_or_else(|| Error::corrupt(format!("chunk {cid} vanished during ingest")))?;
+                            ChunkLoc::decode(v.value())?.num
+                        }
+                    };
+                    e.chunks.push(n);
+                }
+                seen.insert(*fid, e.clone());
+                map.entries.push(e);
             }
+            meta.insert(index::NEXT_CHUNK_KEY, &next_chunk.to_le_bytes()[..])?;
+            meta.insert(index::NEXT_FILE_KEY, &next_file.to_le_bytes()[..])?;
             let mut packs = tx.open_table(PACKS)?;
             for (id, p) in &w.packs {
                 packs.insert(id.0, &p.encode()[..])?;
             }
             let mut layers = tx.open_table(LAYERS)?;
             let key = &info.id.as_bytes()[..];
-            let prev = layers
-                .get(key)?
-                .map(|v| LayerInfo::decode(v.value()))
-                .transpose()?;
+            let prev = layers.get(key)?.map(|v| LayerInfo::decode(v.value())).transpose()?;
             already_present = prev.is_some();
             match prev {
                 Some(p) => {
@@ -385,13 +393,13 @@ impl Store {
                     }
                 }
                 None => {
-                    info.ingested_at = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs());
+                    info.ingested_at =
+                        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
                 }
             }
             layers.insert(key, &info.encode()[..])?;
             tx.open_table(RECIPES)?.insert(key, &recipe[..])?;
+            tx.open_table(LAYER_MAPS)?.insert(key, &map.encode()[..])?;
             if let Some(b) = &info.blob {
                 tx.open_table(BLOBS)?.insert(&b.as_bytes()[..], key)?;
             }
@@ -412,5 +420,7 @@ impl Store {
 
 struct Walked {
     info: LayerInfo,
+    /// Each content item's FileId, in recipe order.
+    contents: Vec<FileId>,
     recipe: Vec<u8>,
 }

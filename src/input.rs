@@ -76,11 +76,7 @@ impl<R: Read> HashTee<R> {
                 (h.finalize().into(), n)
             })
             .expect("spawning the hashing thread");
-        HashTee {
-            inner,
-            tx: Some(tx),
-            handle: Some(handle),
-        }
+        HashTee { inner, tx: Some(tx), handle: Some(handle) }
     }
 }
 
@@ -135,15 +131,9 @@ impl<R: Read> Read for DecodeErrors<R> {
         self.inner.read(buf).map_err(|e| {
             let at = self.count.load(Ordering::Relaxed);
             let msg = if e.kind() == io::ErrorKind::UnexpectedEof {
-                format!(
-                    "truncated {} stream (input ends at compressed offset {at})",
-                    self.format
-                )
+                format!("truncated {} stream (input ends at compressed offset {at})", self.format)
             } else {
-                format!(
-                    "corrupt {} data near compressed offset {at}: {e}",
-                    self.format
-                )
+                format!("corrupt {} data near compressed offset {at}: {e}", self.format)
             };
             Error::invalid(msg).into()
         })
@@ -178,57 +168,30 @@ pub(crate) fn open<'a, R: Read + 'a>(mut r: R, counter: Arc<AtomicU64>) -> Resul
         [0x1f, 0x8b, ..] => Compression::Gzip,
         [0x28, 0xb5, 0x2f, 0xfd, ..] => Compression::Zstd,
         [0xfd, b'7', b'z', b'X', b'Z', 0] => {
-            return Err(Error::invalid(
-                "unsupported compression: xz (use tar, gzip or zstd)",
-            ))
+            return Err(Error::invalid("unsupported compression: xz (use tar, gzip or zstd)"))
         }
-        [b'B', b'Z', b'h', ..] => {
-            return Err(Error::invalid(
-                "unsupported compression: bzip2 (use tar, gzip or zstd)",
-            ))
-        }
+        [b'B', b'Z', b'h', ..] => return Err(Error::invalid("unsupported compression: bzip2 (use tar, gzip or zstd)")),
         [0x04, 0x22, 0x4d, 0x18, ..] => {
-            return Err(Error::invalid(
-                "unsupported compression: lz4 (use tar, gzip or zstd)",
-            ))
+            return Err(Error::invalid("unsupported compression: lz4 (use tar, gzip or zstd)"))
         }
         _ => Compression::None,
     };
-    let raw = Counting {
-        inner: io::Cursor::new(head_bytes).chain(r),
-        count: counter.clone(),
-    };
+    let raw = Counting { inner: io::Cursor::new(head_bytes).chain(r), count: counter.clone() };
     let (reader, blob_digest): (Box<dyn Read + 'a>, _) = match compression {
         Compression::None => (Box::new(raw), None),
         c => {
             let (tee, digest) = HashTee::new(raw).split();
             let buffered = BufReader::with_capacity(256 * 1024, tee);
             let (format, dec): (_, Box<dyn Read + 'a>) = if c == Compression::Gzip {
-                (
-                    "gzip",
-                    Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-                )
+                ("gzip", Box::new(flate2::bufread::MultiGzDecoder::new(buffered)))
             } else {
-                let d = zstd::stream::read::Decoder::with_buffer(buffered)
-                    .map_err(|e| Error::io("zstd decoder", e))?;
+                let d = zstd::stream::read::Decoder::with_buffer(buffered).map_err(|e| Error::io("zstd decoder", e))?;
                 ("zstd", Box::new(d))
             };
-            (
-                Box::new(DecodeErrors {
-                    inner: dec,
-                    format,
-                    count: counter,
-                }),
-                Some(digest),
-            )
+            (Box::new(DecodeErrors { inner: dec, format, count: counter }), Some(digest))
         }
     };
     let (tee, tar_digest) = HashTee::new(reader).split();
     let reader = Box::new(BufReader::with_capacity(1 << 20, tee));
-    Ok(OpenedInput {
-        reader,
-        compression,
-        tar_digest,
-        blob_digest,
-    })
+    Ok(OpenedInput { reader, compression, tar_digest, blob_digest })
 }

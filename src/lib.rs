@@ -38,6 +38,7 @@ mod ids;
 mod index;
 mod ingest;
 mod input;
+mod layermap;
 mod pack;
 mod recipe;
 mod store;

@@ -30,26 +30,27 @@ pub(crate) struct ChunkLoc {
     pub offset: u64,
     pub stored_len: u32,
     pub raw_len: u32,
+    /// The chunk's dense number in this store (for possession bitmaps),
+    /// assigned when the ingest that added it commits.
+    pub num: u32,
 }
 
 impl ChunkLoc {
-    pub const ENCODED_LEN: usize = 24;
+    pub const ENCODED_LEN: usize = 28;
 
-    pub fn encode(&self) -> [u8; 24] {
-        let mut b = [0u8; 24];
+    pub fn encode(&self) -> [u8; 28] {
+        let mut b = [0u8; 28];
         b[0..8].copy_from_slice(&self.pack.0.to_le_bytes());
         b[8..16].copy_from_slice(&self.offset.to_le_bytes());
         b[16..20].copy_from_slice(&self.stored_len.to_le_bytes());
         b[20..24].copy_from_slice(&self.raw_len.to_le_bytes());
+        b[24..28].copy_from_slice(&self.num.to_le_bytes());
         b
     }
 
     pub fn decode(b: &[u8]) -> Result<Self> {
         if b.len() != Self::ENCODED_LEN {
-            return Err(Error::corrupt(format!(
-                "chunk location of {} bytes",
-                b.len()
-            )));
+            return Err(Error::corrupt(format!("chunk location of {} bytes", b.len())));
         }
         let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
         let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
@@ -58,6 +59,7 @@ impl ChunkLoc {
             offset: u64_at(8),
             stored_len: u32_at(16),
             raw_len: u32_at(20),
+            num: u32_at(24),
         })
     }
 }
@@ -68,17 +70,12 @@ pub(crate) fn decode_chunk(stored: &[u8], raw_len: u32) -> Result<Vec<u8>> {
         return Ok(stored.to_vec());
     }
     if raw_len > MAX_CHUNK {
-        return Err(Error::corrupt(format!(
-            "chunk declares {raw_len} raw bytes, over the {MAX_CHUNK} limit"
-        )));
+        return Err(Error::corrupt(format!("chunk declares {raw_len} raw bytes, over the {MAX_CHUNK} limit")));
     }
     let out = zstd::bulk::decompress(stored, raw_len as usize)
         .map_err(|e| Error::corrupt("chunk does not decompress").with_source(e))?;
     if out.len() != raw_len as usize {
-        return Err(Error::corrupt(format!(
-            "chunk decompressed to {} bytes, expected {raw_len}",
-            out.len()
-        )));
+        return Err(Error::corrupt(format!("chunk decompressed to {} bytes, expected {raw_len}", out.len())));
     }
     Ok(out)
 }
@@ -113,15 +110,8 @@ pub(crate) struct PackWriter {
 impl PackWriter {
     pub fn create(staging: &Path, id: PackId) -> Result<Self> {
         let path = staging.join(id.file_name());
-        let file = File::create(&path)
-            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-        let mut w = PackWriter {
-            id,
-            path,
-            out: BufWriter::with_capacity(1 << 20, file),
-            len: 0,
-            count: 0,
-        };
+        let file = File::create(&path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        let mut w = PackWriter { id, path, out: BufWriter::with_capacity(1 << 20, file), len: 0, count: 0 };
         let mut h = [0u8; HEADER_LEN as usize];
         h[..8].copy_from_slice(MAGIC);
         h[8..12].copy_from_slice(&VERSION.to_le_bytes());
@@ -130,9 +120,7 @@ impl PackWriter {
     }
 
     fn write(&mut self, b: &[u8]) -> Result<()> {
-        self.out
-            .write_all(b)
-            .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))?;
+        self.out.write_all(b).map_err(|e| Error::io(format!("writing {}", self.path.display()), e))?;
         self.len += b.len() as u64;
         Ok(())
     }
@@ -144,8 +132,7 @@ impl PackWriter {
 
     /// Append one chunk; `stored` is its zstd frame, or its raw bytes when `stored.len() == raw_len`.
     pub fn append(&mut self, id: &ChunkId, raw_len: u32, stored: &[u8]) -> Result<ChunkLoc> {
-        let stored_len =
-            u32::try_from(stored.len()).map_err(|_| Error::invalid("chunk too large"))?;
+        let stored_len = u32::try_from(stored.len()).map_err(|_| Error::invalid("chunk too large"))?;
         let mut h = [0u8; ENTRY_HEADER_LEN as usize];
         h[..32].copy_from_slice(id.as_bytes());
         h[32..36].copy_from_slice(&raw_len.to_le_bytes());
@@ -154,12 +141,7 @@ impl PackWriter {
         let offset = self.len;
         self.write(stored)?;
         self.count += 1;
-        Ok(ChunkLoc {
-            pack: self.id,
-            offset,
-            stored_len,
-            raw_len,
-        })
+        Ok(ChunkLoc { pack: self.id, offset, stored_len, raw_len, num: 0 })
     }
 
     /// Write the trailer and flush; returns the staged file's path, its length
@@ -170,12 +152,8 @@ impl PackWriter {
         t[8..16].copy_from_slice(&self.count.to_le_bytes());
         t[16..24].copy_from_slice(&self.len.to_le_bytes());
         self.write(&t)?;
-        let file = self
-            .out
-            .into_inner()
-            .map_err(|e| Error::io("flushing pack", e.into_error()))?;
-        file.sync_all()
-            .map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))?;
+        let file = self.out.into_inner().map_err(|e| Error::io("flushing pack", e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))?;
         Ok((self.path, self.len, self.count))
     }
 }
@@ -204,10 +182,7 @@ pub(crate) fn scan(pack: PackId, b: &[u8]) -> Result<Vec<ScannedEntry>> {
     let count = u64::from_le_bytes(t[8..16].try_into().expect("8 bytes"));
     let end = u64::from_le_bytes(t[16..24].try_into().expect("8 bytes"));
     if end != total - TRAILER_LEN {
-        return Err(bad(format!(
-            "trailer says data ends at {end}, file has {}",
-            total - TRAILER_LEN
-        )));
+        return Err(bad(format!("trailer says data ends at {end}, file has {}", total - TRAILER_LEN)));
     }
     let mut out = Vec::new();
     let mut pos = HEADER_LEN;
@@ -223,22 +198,11 @@ pub(crate) fn scan(pack: PackId, b: &[u8]) -> Result<Vec<ScannedEntry>> {
         if offset + stored_len as u64 > end {
             return Err(bad(format!("entry at offset {pos} runs past the data end")));
         }
-        out.push(ScannedEntry {
-            id,
-            loc: ChunkLoc {
-                pack,
-                offset,
-                stored_len,
-                raw_len,
-            },
-        });
+        out.push(ScannedEntry { id, loc: ChunkLoc { pack, offset, stored_len, raw_len, num: 0 } });
         pos = offset + stored_len as u64;
     }
     if out.len() as u64 != count {
-        return Err(bad(format!(
-            "trailer counts {count} entries, found {}",
-            out.len()
-        )));
+        return Err(bad(format!("trailer counts {count} entries, found {}", out.len())));
     }
     Ok(out)
 }

@@ -49,15 +49,12 @@ impl RecipeWriter {
         head.extend_from_slice(MAGIC);
         head.extend_from_slice(&VERSION.to_le_bytes());
         head.extend_from_slice(&0u32.to_le_bytes());
-        let enc = zstd::stream::write::Encoder::new(head, 9)
-            .map_err(|e| Error::io("recipe encoder", e))?;
+        let enc = zstd::stream::write::Encoder::new(head, 9).map_err(|e| Error::io("recipe encoder", e))?;
         Ok(RecipeWriter { enc })
     }
 
     fn put(&mut self, b: &[u8]) -> Result<()> {
-        self.enc
-            .write_all(b)
-            .map_err(|e| Error::io("writing recipe", e))
+        self.enc.write_all(b).map_err(|e| Error::io("writing recipe", e))
     }
 
     pub fn raw(&mut self, mut b: &[u8]) -> Result<()> {
@@ -73,9 +70,7 @@ impl RecipeWriter {
 
     pub fn file(&mut self, id: &FileId, size: u64, path: &[u8]) -> Result<()> {
         let plen = u32::try_from(path.len()).ok().filter(|l| *l <= MAX_PATH);
-        let plen = plen.ok_or_else(|| {
-            Error::invalid(format!("entry path of {} bytes is too long", path.len()))
-        })?;
+        let plen = plen.ok_or_else(|| Error::invalid(format!("entry path of {} bytes is too long", path.len())))?;
         self.put(&[TAG_FILE])?;
         self.put(id.as_bytes())?;
         self.put(&size.to_le_bytes())?;
@@ -91,9 +86,7 @@ impl RecipeWriter {
 
     pub fn finish(mut self) -> Result<Vec<u8>> {
         self.put(&[TAG_END])?;
-        self.enc
-            .finish()
-            .map_err(|e| Error::io("finishing recipe", e))
+        self.enc.finish().map_err(|e| Error::io("finishing recipe", e))
     }
 }
 
@@ -115,8 +108,7 @@ impl RecipeReader {
         }
         let mut cur = std::io::Cursor::new(bytes);
         cur.set_position(16);
-        let dec =
-            zstd::stream::read::Decoder::new(cur).map_err(|e| Error::io("recipe decoder", e))?;
+        let dec = zstd::stream::read::Decoder::new(cur).map_err(|e| Error::io("recipe decoder", e))?;
         Ok(RecipeReader { dec, ended: false })
     }
 
@@ -130,9 +122,7 @@ impl RecipeReader {
 
     fn take_vec(&mut self, n: u32, limit: u32) -> Result<Vec<u8>> {
         if n > limit {
-            return Err(Error::corrupt(format!(
-                "layer recipe declares a {n}-byte item (limit {limit})"
-            )));
+            return Err(Error::corrupt(format!("layer recipe declares a {n}-byte item (limit {limit})")));
         }
         let mut v = vec![0u8; n as usize];
         self.dec
@@ -163,18 +153,10 @@ impl RecipeReader {
                     RecipeItem::Data { id, size }
                 } else {
                     let n = u32::from_le_bytes(self.take()?);
-                    RecipeItem::File {
-                        id,
-                        size,
-                        path: self.take_vec(n, MAX_PATH)?,
-                    }
+                    RecipeItem::File { id, size, path: self.take_vec(n, MAX_PATH)? }
                 }
             }
-            t => {
-                return Err(Error::corrupt(format!(
-                    "layer recipe has unknown item tag {t}"
-                )))
-            }
+            t => return Err(Error::corrupt(format!("layer recipe has unknown item tag {t}"))),
         }))
     }
 }
@@ -245,41 +227,25 @@ mod tests {
         w.file(&FileId::of(b"x"), 1, b"etc/x").unwrap();
         w.data(&FileId::of(b"yy"), 2).unwrap();
         let bytes = w.finish().unwrap();
-        let items: Vec<_> = RecipeReader::new(bytes.clone())
-            .unwrap()
-            .collect::<Result<_>>()
-            .unwrap();
+        let items: Vec<_> = RecipeReader::new(bytes.clone()).unwrap().collect::<Result<_>>().unwrap();
         assert_eq!(
             items,
             vec![
                 RecipeItem::Raw(vec![1, 2, 3]),
-                RecipeItem::File {
-                    id: FileId::of(b"x"),
-                    size: 1,
-                    path: b"etc/x".to_vec()
-                },
-                RecipeItem::Data {
-                    id: FileId::of(b"yy"),
-                    size: 2
-                },
+                RecipeItem::File { id: FileId::of(b"x"), size: 1, path: b"etc/x".to_vec() },
+                RecipeItem::Data { id: FileId::of(b"yy"), size: 2 },
             ]
         );
         // A damaged recipe is an error, not a panic or a silent short read.
         for cut in [10, 17, bytes.len() - 1] {
             let r = RecipeReader::new(bytes[..cut].to_vec());
-            assert!(r
-                .map(|r| r.collect::<Result<Vec<_>>>())
-                .and_then(|x| x)
-                .is_err());
+            assert!(r.map(|r| r.collect::<Result<Vec<_>>>()).and_then(|x| x).is_err());
         }
     }
 
     #[test]
     fn file_recipe_round_trip() {
-        let r = FileRecipe {
-            size: 5,
-            chunks: vec![(ChunkId::of(b"ab"), 2), (ChunkId::of(b"cde"), 3)],
-        };
+        let r = FileRecipe { size: 5, chunks: vec![(ChunkId::of(b"ab"), 2), (ChunkId::of(b"cde"), 3)] };
         assert_eq!(FileRecipe::decode(&r.encode()).unwrap(), r);
         assert!(r.consistent());
         assert!(FileRecipe::decode(&r.encode()[1..]).is_err());

@@ -26,12 +26,7 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions {
-            chunker: None,
-            compression_level: 3,
-            pack_size: 64 << 20,
-            backend: None,
-        }
+        StoreOptions { chunker: None, compression_level: 3, pack_size: 64 << 20, backend: None }
     }
 }
 
@@ -83,41 +78,30 @@ impl Store {
     /// Open with options. Reclaims data an interrupted ingest left behind.
     pub fn open_with(dir: impl AsRef<Path>, opts: StoreOptions) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
-        let mkdir = |p: &Path| {
-            std::fs::create_dir_all(p)
-                .map_err(|e| Error::io(format!("creating {}", p.display()), e))
-        };
+        let mkdir =
+            |p: &Path| std::fs::create_dir_all(p).map_err(|e| Error::io(format!("creating {}", p.display()), e));
         mkdir(&dir)?;
         let staging = dir.join("tmp");
-        // Anything in tmp/ is a pack an ingest never sealed.
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging)
-                .map_err(|e| Error::io(format!("clearing {}", staging.display()), e))?;
-        }
-        mkdir(&staging)?;
         let backend: Arc<dyn Backend> = match &opts.backend {
             Some(b) => b.clone(),
             None => Arc::new(LocalBackend::new(dir.join("packs"))?),
         };
         let db_path = dir.join("chunkstore.redb");
         let db = Database::create(&db_path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => Error::new(
-                ErrorKind::Busy,
-                format!("store {} is in use by another process", dir.display()),
-            ),
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                Error::new(ErrorKind::Busy, format!("store {} is in use by another process", dir.display()))
+            }
             e => Error::index(e).context(format!("opening {}", db_path.display())),
         })?;
+        // Anything in tmp/ is a pack an ingest never sealed. Cleared only once
+        // the index lock is ours: another process's live ingest stages there.
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(|e| Error::io(format!("clearing {}", staging.display()), e))?;
+        }
+        mkdir(&staging)?;
         let params = Self::init_meta(&db, &opts)?;
-        let mut store = Store {
-            dir,
-            db,
-            backend,
-            params,
-            opts,
-            staging,
-            next_pack: AtomicU64::new(1),
-            write_lock: Mutex::new(()),
-        };
+        let mut store =
+            Store { dir, db, backend, params, opts, staging, next_pack: AtomicU64::new(1), write_lock: Mutex::new(()) };
         store.reclaim()?;
         Ok(store)
     }
@@ -128,8 +112,7 @@ impl Store {
             let mut meta = tx.open_table(META)?;
             let found = meta.get(index::FORMAT_KEY)?.map(|v| v.value().to_vec());
             if let Some(b) = found {
-                let ver =
-                    (b.len() == 4).then(|| u32::from_le_bytes(b[..].try_into().expect("4 bytes")));
+                let ver = (b.len() == 4).then(|| u32::from_le_bytes(b[..].try_into().expect("4 bytes")));
                 if ver != Some(index::FORMAT_VERSION) {
                     return Err(Error::new(
                         ErrorKind::Config,
@@ -142,17 +125,12 @@ impl Store {
             } else {
                 meta.insert(index::FORMAT_KEY, &index::FORMAT_VERSION.to_le_bytes()[..])?;
             }
-            let stored = meta
-                .get(index::CHUNKER_KEY)?
-                .map(|v| ChunkerParams::decode(v.value()))
-                .transpose()?;
+            let stored = meta.get(index::CHUNKER_KEY)?.map(|v| ChunkerParams::decode(v.value())).transpose()?;
             match (stored, opts.chunker) {
                 (Some(s), Some(want)) if s != want => {
                     return Err(Error::new(
                         ErrorKind::Config,
-                        format!(
-                            "store was created with chunker {s:?}; refusing to mix in {want:?}"
-                        ),
+                        format!("store was created with chunker {s:?}; refusing to mix in {want:?}"),
                     ))
                 }
                 (Some(s), _) => s,
@@ -171,6 +149,7 @@ impl Store {
         tx.open_table(RECIPES)?;
         tx.open_table(BLOBS)?;
         tx.open_table(PACKS)?;
+        tx.open_table(index::LAYER_MAPS)?;
         tx.commit()?;
         Ok(params)
     }
@@ -190,12 +169,7 @@ impl Store {
                 self.backend.delete_pack(*p)?;
             }
         }
-        let max = known
-            .iter()
-            .copied()
-            .chain(present.iter().map(|p| p.0))
-            .max()
-            .unwrap_or(0);
+        let max = known.iter().copied().chain(present.iter().map(|p| p.0)).max().unwrap_or(0);
         self.next_pack = AtomicU64::new(max + 1);
         Ok(())
     }
@@ -218,11 +192,8 @@ impl Store {
     pub fn layers(&self) -> Result<Vec<LayerInfo>> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(LAYERS)?;
-        let mut v: Vec<LayerInfo> = t
-            .iter()?
-            .map(|e| LayerInfo::decode(e?.1.value()))
-            .collect::<Result<_>>()?;
-        v.sort_by(|a, b| (a.ingested_at, a.id).cmp(&(b.ingested_at, b.id)));
+        let mut v: Vec<LayerInfo> = t.iter()?.map(|e| LayerInfo::decode(e?.1.value())).collect::<Result<_>>()?;
+        v.sort_by_key(|l| (l.ingested_at, l.id));
         Ok(v)
     }
 
@@ -239,39 +210,26 @@ impl Store {
     pub fn resolve_layer(&self, s: &str) -> Result<LayerId> {
         let want = s.strip_prefix("sha256:").unwrap_or(s).to_ascii_lowercase();
         if want.is_empty() || want.len() > 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::invalid(format!(
-                "{s:?} is not a layer digest or a hex prefix of one"
-            )));
+            return Err(Error::invalid(format!("{s:?} is not a layer digest or a hex prefix of one")));
         }
         let tx = self.db.begin_read()?;
         let mut found = std::collections::BTreeSet::new();
         for e in tx.open_table(LAYERS)?.iter()? {
             let (k, _) = e?;
             if hex::encode(k.value()).starts_with(&want) {
-                found.insert(LayerId::from_bytes(
-                    k.value()
-                        .try_into()
-                        .map_err(|_| Error::corrupt("bad layer key"))?,
-                ));
+                found.insert(LayerId::from_bytes(k.value().try_into().map_err(|_| Error::corrupt("bad layer key"))?));
             }
         }
         for e in tx.open_table(BLOBS)?.iter()? {
             let (k, v) = e?;
             if hex::encode(k.value()).starts_with(&want) {
-                found.insert(LayerId::from_bytes(
-                    v.value()
-                        .try_into()
-                        .map_err(|_| Error::corrupt("bad blob record"))?,
-                ));
+                found.insert(LayerId::from_bytes(v.value().try_into().map_err(|_| Error::corrupt("bad blob record"))?));
             }
         }
         match found.len() {
             0 => Err(Error::not_found(format!("no layer matches {s:?}"))),
             1 => Ok(*found.iter().next().expect("one element")),
-            n => Err(Error::new(
-                ErrorKind::Ambiguous,
-                format!("{s:?} matches {n} layers; give more digits"),
-            )),
+            n => Err(Error::new(ErrorKind::Ambiguous, format!("{s:?} matches {n} layers; give more digits"))),
         }
     }
 
@@ -303,11 +261,7 @@ impl Store {
             logical_bytes,
             stored_bytes,
             recipe_bytes,
-            dedup_ratio: if denom == 0 {
-                0.0
-            } else {
-                logical_bytes as f64 / denom as f64
-            },
+            dedup_ratio: if denom == 0 { 0.0 } else { logical_bytes as f64 / denom as f64 },
             chunks: chunks.len()?,
             chunk_bytes,
             files: tx.open_table(FILES)?.len()?,
@@ -318,9 +272,7 @@ impl Store {
 
     /// Read and decode one chunk (not hash-checked; callers verify).
     pub(crate) fn read_chunk(&self, loc: &ChunkLoc) -> Result<Vec<u8>> {
-        let stored = self
-            .backend
-            .read_pack(loc.pack, loc.offset, loc.stored_len as usize)?;
+        let stored = self.backend.read_pack(loc.pack, loc.offset, loc.stored_len as usize)?;
         pack::decode_chunk(&stored, loc.raw_len)
     }
 

@@ -56,16 +56,7 @@ pub(crate) struct TarSplitter<R> {
 
 impl<R: Read> TarSplitter<R> {
     pub fn new(inner: R) -> Self {
-        TarSplitter {
-            inner,
-            pos: 0,
-            remaining: 0,
-            pad: 0,
-            region_start: 0,
-            region_size: 0,
-            done: false,
-            entries: 0,
-        }
+        TarSplitter { inner, pos: 0, remaining: 0, pad: 0, region_start: 0, region_size: 0, done: false, entries: 0 }
     }
 
     /// Real entries seen so far (extension headers not counted).
@@ -79,10 +70,7 @@ impl<R: Read> TarSplitter<R> {
     }
 
     fn truncated(&self, what: &str) -> Error {
-        Error::invalid(format!(
-            "truncated tar: input ends at offset {} inside {what}",
-            self.pos
-        ))
+        Error::invalid(format!("truncated tar: input ends at offset {} inside {what}", self.pos))
     }
 
     /// Read exactly `buf.len()` bytes; `Ok(n < len)` only at end of input.
@@ -96,12 +84,7 @@ impl<R: Read> TarSplitter<R> {
                     self.pos += k as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    return Err(crate::error::from_io(
-                        e,
-                        format!("reading input at offset {}", self.pos),
-                    ))
-                }
+                Err(e) => return Err(crate::error::from_io(e, format!("reading input at offset {}", self.pos))),
             }
         }
         Ok(n)
@@ -148,9 +131,7 @@ impl<R: Read> TarSplitter<R> {
             if n < BLOCK {
                 raw.truncate(hstart + n);
                 return Err(if n == 0 {
-                    Error::invalid(format!(
-                        "truncated tar: no end-of-archive marker (input ends at offset {at})"
-                    ))
+                    Error::invalid(format!("truncated tar: no end-of-archive marker (input ends at offset {at})"))
                 } else {
                     self.truncated("a header block")
                 });
@@ -210,12 +191,7 @@ impl<R: Read> TarSplitter<R> {
             self.pad = padding(size);
             self.region_start = self.pos;
             self.region_size = size;
-            return Ok(Some(Content {
-                kind,
-                size,
-                path,
-                offset: self.pos,
-            }));
+            return Ok(Some(Content { kind, size, path, offset: self.pos }));
         }
     }
 
@@ -255,19 +231,11 @@ impl<R: Read> Read for ContentReader<'_, R> {
         if s.remaining == 0 {
             return Ok(0);
         }
-        let want = buf
-            .len()
-            .min(usize::try_from(s.remaining).unwrap_or(usize::MAX));
+        let want = buf.len().min(usize::try_from(s.remaining).unwrap_or(usize::MAX));
         let n = loop {
             match s.inner.read(&mut buf[..want]) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    return Err(crate::error::from_io(
-                        e,
-                        format!("reading input at offset {}", s.pos),
-                    )
-                    .into())
-                }
+                Err(e) => return Err(crate::error::from_io(e, format!("reading input at offset {}", s.pos)).into()),
                 Ok(n) => break n,
             }
         };
@@ -289,9 +257,7 @@ fn padding(size: u64) -> usize {
 }
 
 fn bad_field(field: &str, at: u64) -> Error {
-    Error::invalid(format!(
-        "malformed tar header at offset {at}: bad {field} field"
-    ))
+    Error::invalid(format!("malformed tar header at offset {at}: bad {field} field"))
 }
 
 fn until_nul(b: &[u8]) -> &[u8] {
@@ -336,12 +302,8 @@ fn check_checksum(h: &[u8; BLOCK], at: u64) -> Result<()> {
     }
     match stored {
         Some(s) if s == unsigned || s as i64 == signed => Ok(()),
-        _ if at == 0 => Err(Error::invalid(
-            "not a tar archive: the first header's checksum does not match",
-        )),
-        _ => Err(Error::invalid(format!(
-            "tar header checksum mismatch at offset {at}"
-        ))),
+        _ if at == 0 => Err(Error::invalid("not a tar archive: the first header's checksum does not match")),
+        _ => Err(Error::invalid(format!("tar header checksum mismatch at offset {at}"))),
     }
 }
 
@@ -368,10 +330,7 @@ fn parse_pax(mut d: &[u8], pending: &mut Pending, at: u64) -> Result<()> {
             break; // some writers pad the record set with NULs
         }
         let sp = d.iter().position(|&b| b == b' ').ok_or_else(bad)?;
-        let len: usize = std::str::from_utf8(&d[..sp])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(bad)?;
+        let len: usize = std::str::from_utf8(&d[..sp]).ok().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
         if len <= sp + 1 || len > d.len() || d[len - 1] != b'\n' {
             return Err(bad());
         }
@@ -381,9 +340,7 @@ fn parse_pax(mut d: &[u8], pending: &mut Pending, at: u64) -> Result<()> {
         match k {
             b"path" => pending.path = Some(v.to_vec()),
             b"size" => {
-                let s = std::str::from_utf8(v)
-                    .ok()
-                    .and_then(|s| s.parse::<u64>().ok());
+                let s = std::str::from_utf8(v).ok().and_then(|s| s.parse::<u64>().ok());
                 pending.size = Some(s.ok_or_else(|| bad_field("PAX size", at))?);
             }
             _ => {}
@@ -398,7 +355,9 @@ mod tests {
     use super::*;
 
     /// Split `tar` into raw bytes and contents and glue them back together.
-    fn resplit(tar: &[u8]) -> Result<(Vec<u8>, Vec<(ContentKind, Vec<u8>)>)> {
+    type Split = (Vec<u8>, Vec<(ContentKind, Vec<u8>)>);
+
+    fn resplit(tar: &[u8]) -> Result<Split> {
         let mut s = TarSplitter::new(tar);
         let mut out = Vec::new();
         let mut files = Vec::new();
@@ -408,9 +367,7 @@ mod tests {
             out.extend_from_slice(&raw);
             let Some(c) = c else { break };
             let mut data = Vec::new();
-            s.content()
-                .read_to_end(&mut data)
-                .map_err(|e| crate::error::from_io(e, "content"))?;
+            s.content().read_to_end(&mut data).map_err(|e| crate::error::from_io(e, "content"))?;
             assert_eq!(data.len() as u64, c.size);
             out.extend_from_slice(&data);
             files.push((c.kind, data));
@@ -459,20 +416,14 @@ mod tests {
         let mut t = sample();
         t[512 + 512 + 10] ^= 1; // second header's name
         let e = resplit(&t).unwrap_err();
-        assert!(
-            e.to_string().contains("checksum mismatch at offset 1024"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("checksum mismatch at offset 1024"), "{e}");
     }
 
     #[test]
     fn numbers() {
         assert_eq!(parse_number(b"0000644\0"), Some(0o644));
         assert_eq!(parse_number(b"   12 \0"), Some(0o12));
-        assert_eq!(
-            parse_number(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]),
-            Some(256)
-        );
+        assert_eq!(parse_number(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]), Some(256));
         assert_eq!(parse_number(&[0xff; 12]), None);
         assert_eq!(parse_number(b"12x"), None);
     }

@@ -3,9 +3,10 @@
 
 use crate::error::Result;
 use crate::ids::{ChunkId, FileId, LayerId, PackId};
-use crate::index::{LayerInfo, PackInfo, CHUNKS, FILES, LAYERS, PACKS, RECIPES};
+use crate::index::{LayerInfo, PackInfo, CHUNKS, FILES, LAYERS, LAYER_MAPS, PACKS, RECIPES};
+use crate::layermap::{LayerMap, MapEntry};
 use crate::pack::{self, ChunkLoc};
-use crate::recipe::{FileRecipe, RecipeItem, RecipeReader};
+use crate::recipe::{RecipeItem, RecipeReader};
 use crate::store::Store;
 use rayon::prelude::*;
 use redb::ReadableTable;
@@ -52,11 +53,7 @@ impl VerifyReport {
 }
 
 fn damage(kind: &'static str, id: impl ToString, problem: impl Into<String>) -> Damage {
-    Damage {
-        kind,
-        id: id.to_string(),
-        problem: problem.into(),
-    }
+    Damage { kind, id: id.to_string(), problem: problem.into() }
 }
 
 impl Store {
@@ -65,16 +62,12 @@ impl Store {
         let mut report = VerifyReport::default();
         let tx = self.db.begin_read()?;
         let mut by_pack: BTreeMap<PackId, Vec<(ChunkId, ChunkLoc)>> = BTreeMap::new();
-        let mut raw_len: HashMap<ChunkId, u32> = HashMap::new();
+        let mut raw_len: HashMap<ChunkId, (u32, u32)> = HashMap::new();
         for e in tx.open_table(CHUNKS)?.iter()? {
             let (k, v) = e?;
-            let id = ChunkId::from_bytes(
-                k.value()
-                    .try_into()
-                    .map_err(|_| crate::Error::corrupt("bad chunk key"))?,
-            );
+            let id = ChunkId::from_bytes(k.value().try_into().map_err(|_| crate::Error::corrupt("bad chunk key"))?);
             let loc = ChunkLoc::decode(v.value())?;
-            raw_len.insert(id, loc.raw_len);
+            raw_len.insert(id, (loc.raw_len, loc.num));
             by_pack.entry(loc.pack).or_default().push((id, loc));
         }
         let packs: BTreeMap<PackId, PackInfo> = tx
@@ -88,24 +81,14 @@ impl Store {
         for (pid, chunks) in &by_pack {
             report.chunks += chunks.len() as u64;
             if !packs.contains_key(pid) {
-                report.damaged.push(damage(
-                    "pack",
-                    pid,
-                    format!("named by {} chunks but not recorded", chunks.len()),
-                ));
+                report.damaged.push(damage("pack", pid, format!("named by {} chunks but not recorded", chunks.len())));
             }
             let bytes = match self.backend.read_whole_pack(*pid) {
                 Ok(b) => b,
                 Err(e) => {
-                    report
-                        .damaged
-                        .push(damage("pack", pid, format!("unreadable: {e}")));
+                    report.damaged.push(damage("pack", pid, format!("unreadable: {e}")));
                     for (id, _) in chunks {
-                        report.damaged.push(damage(
-                            "chunk",
-                            id,
-                            format!("in unreadable pack {pid}"),
-                        ));
+                        report.damaged.push(damage("chunk", id, format!("in unreadable pack {pid}")));
                     }
                     continue;
                 }
@@ -125,105 +108,82 @@ impl Store {
             report.damaged.extend(bad);
             for (id, loc) in chunks {
                 if loc.offset as usize + loc.stored_len as usize > bytes.len() {
-                    report.damaged.push(damage(
-                        "chunk",
-                        id,
-                        format!("lies past the end of pack {pid}"),
-                    ));
+                    report.damaged.push(damage("chunk", id, format!("lies past the end of pack {pid}")));
                 }
             }
         }
         for (pid, info) in &packs {
             match self.backend.read_whole_pack(*pid) {
-                Ok(b) if b.len() as u64 != info.len => report.damaged.push(damage(
-                    "pack",
-                    pid,
-                    format!("is {} bytes, index says {}", b.len(), info.len),
-                )),
+                Ok(b) if b.len() as u64 != info.len => {
+                    report.damaged.push(damage("pack", pid, format!("is {} bytes, index says {}", b.len(), info.len)))
+                }
                 Ok(b) => match pack::scan(*pid, &b) {
                     Err(e) => report.damaged.push(damage("pack", pid, e.to_string())),
                     Ok(entries) => {
                         // Every index entry must point at the data of an entry with its id.
-                        let framed: HashMap<u64, ChunkId> =
-                            entries.iter().map(|e| (e.loc.offset, e.id)).collect();
+                        let framed: HashMap<u64, ChunkId> = entries.iter().map(|e| (e.loc.offset, e.id)).collect();
                         for (id, loc) in by_pack.get(pid).map_or(&[][..], |v| &v[..]) {
                             if framed.get(&loc.offset) != Some(id) {
-                                report.damaged.push(damage("chunk", id, format!("index points into pack {pid} where no entry of that id starts")));
+                                report.damaged.push(damage(
+                                    "chunk",
+                                    id,
+                                    format!("index points into pack {pid} where no entry of that id starts"),
+                                ));
                             }
                         }
                     }
                 },
                 Err(_) if by_pack.contains_key(pid) => {} // reported above
-                Err(e) => report
-                    .damaged
-                    .push(damage("pack", pid, format!("unreadable: {e}"))),
+                Err(e) => report.damaged.push(damage("pack", pid, format!("unreadable: {e}"))),
             }
         }
-        let mut file_size: HashMap<FileId, u64> = HashMap::new();
+        // What each file's layer-map entry must say: size, file number, chunk numbers.
+        let mut file_size: HashMap<FileId, (u64, MapEntry)> = HashMap::new();
         for e in tx.open_table(FILES)?.iter()? {
             let (k, v) = e?;
             report.files += 1;
-            let id = FileId::from_bytes(
-                k.value()
-                    .try_into()
-                    .map_err(|_| crate::Error::corrupt("bad file key"))?,
-            );
-            let r = match FileRecipe::decode(v.value()) {
+            let id = FileId::from_bytes(k.value().try_into().map_err(|_| crate::Error::corrupt("bad file key"))?);
+            let r = match crate::index::decode_file(v.value()) {
                 Ok(r) => r,
                 Err(e) => {
                     report.damaged.push(damage("file", id, e.to_string()));
                     continue;
                 }
             };
-            file_size.insert(id, r.size);
+            let (num, r) = r;
+            let nums = r.chunks.iter().map(|(c, _)| raw_len.get(c).map_or(u32::MAX, |x| x.1)).collect();
+            file_size.insert(id, (r.size, MapEntry { file: num, chunks: nums }));
             if !r.consistent() {
-                report.damaged.push(damage(
-                    "file",
-                    id,
-                    "chunk lengths do not add up to its size",
-                ));
+                report.damaged.push(damage("file", id, "chunk lengths do not add up to its size"));
             }
             if r.chunks.len() == 1 && r.chunks[0].0 != id.as_chunk() {
-                report.damaged.push(damage(
-                    "file",
-                    id,
-                    "one-chunk file whose chunk id differs from its id",
-                ));
+                report.damaged.push(damage("file", id, "one-chunk file whose chunk id differs from its id"));
             }
             for (c, len) in &r.chunks {
                 match raw_len.get(c) {
-                    None => {
-                        report
-                            .damaged
-                            .push(damage("file", id, format!("chunk {c} is missing")))
-                    }
-                    Some(l) if l != len => {
-                        report
-                            .damaged
-                            .push(damage("file", id, format!("chunk {c} length differs")))
+                    None => report.damaged.push(damage("file", id, format!("chunk {c} is missing"))),
+                    Some((l, _)) if l != len => {
+                        report.damaged.push(damage("file", id, format!("chunk {c} length differs")))
                     }
                     _ => {}
                 }
             }
         }
         let recipes = tx.open_table(RECIPES)?;
+        let maps = tx.open_table(LAYER_MAPS)?;
         for e in tx.open_table(LAYERS)?.iter()? {
             let (k, v) = e?;
             report.layers += 1;
             let info = match LayerInfo::decode(v.value()) {
                 Ok(i) => i,
                 Err(e) => {
-                    report
-                        .damaged
-                        .push(damage("layer", hex::encode(k.value()), e.to_string()));
+                    report.damaged.push(damage("layer", hex::encode(k.value()), e.to_string()));
                     continue;
                 }
             };
-            if let Err(problem) = check_recipe(
-                &info,
-                recipes.get(k.value())?.map(|r| r.value().to_vec()),
-                &file_size,
-            ) {
+            let recipe = recipes.get(k.value())?.map(|r| r.value().to_vec());
+            let map = maps.get(k.value())?.map(|m| LayerMap::decode(m.value()));
+            if let Err(problem) = check_recipe(&info, recipe, map, &file_size) {
                 report.damaged.push(damage("layer", info.id, problem));
             }
         }
@@ -233,11 +193,9 @@ impl Store {
                 .par_iter()
                 .filter_map(|id| {
                     let r = self.open_layer(id).and_then(|mut r| {
-                        std::io::copy(&mut r, &mut std::io::sink())
-                            .map_err(|e| crate::error::from_io(e, "rebuild"))
+                        std::io::copy(&mut r, &mut std::io::sink()).map_err(|e| crate::error::from_io(e, "rebuild"))
                     });
-                    r.err()
-                        .map(|e| damage("layer", id, format!("rebuild failed: {e}")))
+                    r.err().map(|e| damage("layer", id, format!("rebuild failed: {e}")))
                 })
                 .collect();
             report.layers_rebuilt = ids.len() as u64;
@@ -250,29 +208,33 @@ impl Store {
 fn check_recipe(
     info: &LayerInfo,
     recipe: Option<Vec<u8>>,
-    files: &HashMap<FileId, u64>,
+    map: Option<Result<LayerMap>>,
+    files: &HashMap<FileId, (u64, MapEntry)>,
 ) -> Result<(), String> {
     let recipe = recipe.ok_or("recipe is missing")?;
+    let map = map.ok_or("number map is missing")?.map_err(|e| e.to_string())?;
+    let mut entries = map.entries.iter();
     let mut total = 0u64;
     for item in RecipeReader::new(recipe).map_err(|e| e.to_string())? {
         match item.map_err(|e| e.to_string())? {
             RecipeItem::Raw(b) => total += b.len() as u64,
             RecipeItem::File { id, size, .. } | RecipeItem::Data { id, size } => {
                 total += size;
-                match files.get(&id) {
-                    Some(s) if *s == size => {}
-                    Some(s) => return Err(format!("file {id} is {s} bytes, recipe says {size}")),
-                    None if size == 0 => {}
-                    None => return Err(format!("file {id} is missing")),
+                let (s, want) = files.get(&id).ok_or_else(|| format!("file {id} is missing"))?;
+                if *s != size {
+                    return Err(format!("file {id} is {s} bytes, recipe says {size}"));
+                }
+                if entries.next() != Some(want) {
+                    return Err(format!("number map disagrees with the index at file {id}"));
                 }
             }
         }
     }
+    if entries.next().is_some() {
+        return Err("number map has more entries than the recipe".into());
+    }
     if total != info.tar_size {
-        return Err(format!(
-            "recipe rebuilds {total} bytes, layer is {}",
-            info.tar_size
-        ));
+        return Err(format!("recipe rebuilds {total} bytes, layer is {}", info.tar_size));
     }
     Ok(())
 }

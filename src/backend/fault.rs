@@ -18,11 +18,7 @@ pub struct FaultyBackend {
 impl FaultyBackend {
     /// Allow `puts` successful `put_pack` and `reads` successful reads (negative: unlimited).
     pub fn new(inner: Arc<dyn Backend>, puts: i64, reads: i64) -> Self {
-        FaultyBackend {
-            inner,
-            puts_left: AtomicI64::new(puts),
-            reads_left: AtomicI64::new(reads),
-        }
+        FaultyBackend { inner, puts_left: AtomicI64::new(puts), reads_left: AtomicI64::new(reads) }
     }
 
     fn spend(budget: &AtomicI64, what: &str) -> Result<()> {

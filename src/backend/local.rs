@@ -20,18 +20,12 @@ impl LocalBackend {
     /// Use (and create) `root` as the pack directory.
     pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        fs::create_dir_all(&root)
-            .map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
-        Ok(LocalBackend {
-            root,
-            maps: RwLock::new(HashMap::new()),
-        })
+        fs::create_dir_all(&root).map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
+        Ok(LocalBackend { root, maps: RwLock::new(HashMap::new()) })
     }
 
     fn path(&self, id: PackId) -> PathBuf {
-        self.root
-            .join(format!("{:02x}", id.0 & 0xff))
-            .join(id.file_name())
+        self.root.join(format!("{:02x}", id.0 & 0xff)).join(id.file_name())
     }
 
     fn map(&self, id: PackId) -> Result<Arc<Mmap>> {
@@ -40,11 +34,7 @@ impl LocalBackend {
         }
         let path = self.path(id);
         let file = File::open(&path).map_err(|e| {
-            let kind = if e.kind() == std::io::ErrorKind::NotFound {
-                ErrorKind::NotFound
-            } else {
-                ErrorKind::Io
-            };
+            let kind = if e.kind() == std::io::ErrorKind::NotFound { ErrorKind::NotFound } else { ErrorKind::Io };
             Error::new(kind, format!("opening pack {}", path.display())).with_source(e)
         })?;
         // SAFETY: sealed packs are immutable: this process never writes to a
@@ -52,22 +42,15 @@ impl LocalBackend {
         // only packs no index entry names. Outside tampering would be caught
         // by hash checks, but could fault the mapping; that is the usual mmap
         // contract for stores that own their directory.
-        let map = Arc::new(
-            unsafe { Mmap::map(&file) }
-                .map_err(|e| Error::io(format!("mapping {}", path.display()), e))?,
-        );
-        self.maps
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, map.clone());
+        let map =
+            Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(format!("mapping {}", path.display()), e))?);
+        self.maps.write().unwrap_or_else(|p| p.into_inner()).insert(id, map.clone());
         Ok(map)
     }
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
 }
 
 impl Backend for LocalBackend {
@@ -76,16 +59,12 @@ impl Backend for LocalBackend {
         let dir = dest.parent().expect("pack path has a parent");
         fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         if dest.exists() {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!("pack {} already exists", dest.display()),
-            ));
+            return Err(Error::new(ErrorKind::Config, format!("pack {} already exists", dest.display())));
         }
         File::open(staged)
             .and_then(|f| f.sync_all())
             .map_err(|e| Error::io(format!("syncing {}", staged.display()), e))?;
-        fs::rename(staged, &dest)
-            .map_err(|e| Error::io(format!("publishing {}", dest.display()), e))?;
+        fs::rename(staged, &dest).map_err(|e| Error::io(format!("publishing {}", dest.display()), e))?;
         sync_dir(dir)
     }
 
@@ -103,9 +82,7 @@ impl Backend for LocalBackend {
 
     fn list_packs(&self) -> Result<Vec<PackId>> {
         let mut out = Vec::new();
-        let rd = |p: &Path| {
-            fs::read_dir(p).map_err(|e| Error::io(format!("listing {}", p.display()), e))
-        };
+        let rd = |p: &Path| fs::read_dir(p).map_err(|e| Error::io(format!("listing {}", p.display()), e));
         for sub in rd(&self.root)? {
             let sub = sub.map_err(|e| Error::io("listing packs", e))?;
             if !sub.file_type().map(|t| t.is_dir()).unwrap_or(false) {
@@ -123,14 +100,9 @@ impl Backend for LocalBackend {
     }
 
     fn delete_pack(&self, id: PackId) -> Result<()> {
-        self.maps
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+        self.maps.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
         match fs::remove_file(self.path(id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(Error::io(format!("deleting pack {id}"), e))
-            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(format!("deleting pack {id}"), e)),
             _ => Ok(()),
         }
     }

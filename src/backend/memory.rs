@@ -31,14 +31,10 @@ impl MemoryBackend {
 
 impl Backend for MemoryBackend {
     fn put_pack(&self, id: PackId, staged: &Path) -> Result<()> {
-        let data = std::fs::read(staged)
-            .map_err(|e| Error::io(format!("reading {}", staged.display()), e))?;
+        let data = std::fs::read(staged).map_err(|e| Error::io(format!("reading {}", staged.display()), e))?;
         let mut packs = self.packs.lock().unwrap_or_else(|p| p.into_inner());
         if packs.contains_key(&id) {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!("pack {id} already exists"),
-            ));
+            return Err(Error::new(ErrorKind::Config, format!("pack {id} already exists")));
         }
         packs.insert(id, Arc::new(data));
         let _ = std::fs::remove_file(staged);
@@ -58,20 +54,11 @@ impl Backend for MemoryBackend {
     }
 
     fn list_packs(&self) -> Result<Vec<PackId>> {
-        Ok(self
-            .packs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .copied()
-            .collect())
+        Ok(self.packs.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect())
     }
 
     fn delete_pack(&self, id: PackId) -> Result<()> {
-        self.packs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+        self.packs.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         Ok(())
     }
 }

@@ -55,17 +55,10 @@ impl Deref for PackBytes {
 }
 
 /// Check a requested range against an object's length.
-pub(crate) fn check_range(
-    id: PackId,
-    total: usize,
-    offset: u64,
-    len: usize,
-) -> Result<(usize, usize)> {
+pub(crate) fn check_range(id: PackId, total: usize, offset: u64, len: usize) -> Result<(usize, usize)> {
     let start = usize::try_from(offset).ok().filter(|s| *s <= total);
     match start.and_then(|s| s.checked_add(len).filter(|e| *e <= total).map(|e| (s, e))) {
         Some(r) => Ok(r),
-        None => Err(crate::Error::corrupt(format!(
-            "pack {id}: range {offset}+{len} is past its end ({total} bytes)"
-        ))),
+        None => Err(crate::Error::corrupt(format!("pack {id}: range {offset}+{len} is past its end ({total} bytes)"))),
     }
 }

@@ -26,24 +26,15 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     }
     // Write beside the target and rename, so a failed export leaves no partial file.
     let out = &args.output;
-    let dir = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
+    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     let mut tmp = tempfile_in(dir)?;
     let n = store.export(&id, std::io::BufWriter::new(&mut tmp.1))?;
     tmp.1.sync_all().ok();
     std::fs::rename(&tmp.0, out).with_context(|| format!("writing {}", out.display()))?;
     if ctx.json {
-        crate::output::json(
-            &serde_json::json!({ "layer": id.to_string(), "bytes": n, "output": out }),
-        )?;
+        crate::output::json(&serde_json::json!({ "layer": id.to_string(), "bytes": n, "output": out }))?;
     } else {
-        eprintln!(
-            "{id}: {} written to {}",
-            crate::output::bytes(n),
-            out.display()
-        );
+        eprintln!("{id}: {} written to {}", crate::output::bytes(n), out.display());
     }
     Ok(Outcome::Ok)
 }
@@ -52,16 +43,10 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
 fn tempfile_in(dir: &std::path::Path) -> Result<TempOut> {
     for i in 0..1000u32 {
         let p = dir.join(format!(".chunkstore-export-{}-{i}", std::process::id()));
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&p)
-        {
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&p) {
             Ok(f) => return Ok(TempOut(p, f)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => {
-                return Err(e).with_context(|| format!("creating a file in {}", dir.display()))
-            }
+            Err(e) => return Err(e).with_context(|| format!("creating a file in {}", dir.display())),
         }
     }
     anyhow::bail!("could not create a temporary file in {}", dir.display())

@@ -33,10 +33,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
                     (Box::new(f), len)
                 }
                 Err(e) => {
-                    output::report_error(
-                        ctx,
-                        &anyhow::Error::new(e).context(format!("{name}: cannot open")),
-                    );
+                    output::report_error(ctx, &anyhow::Error::new(e).context(format!("{name}: cannot open")));
                     failed += 1;
                     continue;
                 }
@@ -44,12 +41,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
         };
         let counter = Arc::new(AtomicU64::new(0));
         let progress = Progress::start(&name, total, counter.clone());
-        let result = store.ingest(
-            reader,
-            &IngestOptions {
-                progress: Some(counter),
-            },
-        );
+        let result = store.ingest(reader, &IngestOptions { progress: Some(counter) });
         progress.finish();
         match result.with_context(|| format!("{name}: not ingested")) {
             Ok(s) => {
@@ -80,11 +72,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     if ctx.json && (failed == 0 || !summaries.is_empty()) {
         output::json(&summaries)?;
     }
-    Ok(if failed > 0 {
-        Outcome::Failed(1)
-    } else {
-        Outcome::Ok
-    })
+    Ok(if failed > 0 { Outcome::Failed(1) } else { Outcome::Ok })
 }
 
 /// A progress bar on a terminal, fed from the ingest's byte counter.
@@ -101,15 +89,12 @@ impl Progress {
         }
         let bar = match total {
             Some(t) => ProgressBar::new(t).with_style(
-                ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
+                ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
             ),
             None => ProgressBar::new_spinner().with_style(
-                ProgressStyle::with_template("{spinner} {msg} {bytes} {bytes_per_sec}")
-                    .expect("valid template"),
+                ProgressStyle::with_template("{spinner} {msg} {bytes} {bytes_per_sec}").expect("valid template"),
             ),
         };
         bar.set_draw_target(ProgressDrawTarget::stderr());
@@ -122,10 +107,7 @@ impl Progress {
             }
             bar.finish_and_clear();
         });
-        Progress {
-            stop,
-            handle: Some(handle),
-        }
+        Progress { stop, handle: Some(handle) }
     }
 
     fn finish(mut self) {

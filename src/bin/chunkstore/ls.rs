@@ -13,10 +13,7 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Outcome> {
         output::json(&layers)?;
         return Ok(Outcome::Ok);
     }
-    println!(
-        "{:<71}  {:>10}  {:>7}  {:>6}  COMPRESSION",
-        "LAYER", "SIZE", "ENTRIES", "FILES"
-    );
+    println!("{:<71}  {:>10}  {:>7}  {:>6}  COMPRESSION", "LAYER", "SIZE", "ENTRIES", "FILES");
     for l in &layers {
         println!(
             "{:<71}  {:>10}  {:>7}  {:>6}  {:?}",

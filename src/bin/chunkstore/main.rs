@@ -48,8 +48,7 @@ impl Ctx {
     }
 
     pub fn open_with(&self, opts: StoreOptions) -> Result<Store> {
-        Store::open_with(&self.store_dir, opts)
-            .with_context(|| format!("opening store {}", self.store_dir.display()))
+        Store::open_with(&self.store_dir, opts).with_context(|| format!("opening store {}", self.store_dir.display()))
     }
 }
 
@@ -62,20 +61,14 @@ pub enum Outcome {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let store_dir = match cli
-        .store
-        .or_else(|| dirs::data_dir().map(|d| d.join("chunkstore")))
-    {
+    let store_dir = match cli.store.or_else(|| dirs::data_dir().map(|d| d.join("chunkstore"))) {
         Some(d) => d,
         None => {
             eprintln!("chunkstore: no store directory: pass --store DIR or set CHUNKSTORE_DIR");
             return ExitCode::from(2);
         }
     };
-    let ctx = Ctx {
-        store_dir,
-        json: cli.json,
-    };
+    let ctx = Ctx { store_dir, json: cli.json };
     let result = match cli.verb {
         Verb::Ingest(a) => ingest::run(&ctx, a),
         Verb::Export(a) => export::run(&ctx, a),

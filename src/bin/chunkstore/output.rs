@@ -20,8 +20,7 @@ fn kind(e: &anyhow::Error) -> String {
 pub fn report_error(ctx: &Ctx, e: &anyhow::Error) {
     eprintln!("chunkstore: {e:#}");
     if ctx.json {
-        let _ =
-            json(&serde_json::json!({ "error": { "kind": kind(e), "message": format!("{e:#}") } }));
+        let _ = json(&serde_json::json!({ "error": { "kind": kind(e), "message": format!("{e:#}") } }));
     }
 }
 

@@ -16,32 +16,12 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Outcome> {
     }
     println!("store          {}", store.dir().display());
     println!("layers         {}", s.layers);
-    println!(
-        "logical bytes  {} ({})",
-        s.logical_bytes,
-        output::bytes(s.logical_bytes)
-    );
-    println!(
-        "stored bytes   {} ({}) in {} packs",
-        s.stored_bytes,
-        output::bytes(s.stored_bytes),
-        s.packs
-    );
-    println!(
-        "recipe bytes   {} ({})",
-        s.recipe_bytes,
-        output::bytes(s.recipe_bytes)
-    );
+    println!("logical bytes  {} ({})", s.logical_bytes, output::bytes(s.logical_bytes));
+    println!("stored bytes   {} ({}) in {} packs", s.stored_bytes, output::bytes(s.stored_bytes), s.packs);
+    println!("recipe bytes   {} ({})", s.recipe_bytes, output::bytes(s.recipe_bytes));
     println!("dedup ratio    {:.2}x", s.dedup_ratio);
-    println!(
-        "chunks         {} ({} raw)",
-        s.chunks,
-        output::bytes(s.chunk_bytes)
-    );
+    println!("chunks         {} ({} raw)", s.chunks, output::bytes(s.chunk_bytes));
     println!("files          {}", s.files);
-    println!(
-        "chunker        min {} avg {} max {}",
-        s.chunker.min, s.chunker.avg, s.chunker.max
-    );
+    println!("chunker        min {} avg {} max {}", s.chunker.min, s.chunker.avg, s.chunker.max);
     Ok(Outcome::Ok)
 }

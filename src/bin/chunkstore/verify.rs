@@ -20,11 +20,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
         for d in &r.damaged {
             println!("DAMAGED {} {}: {}", d.kind, d.id, d.problem);
         }
-        let rebuilt = if args.full {
-            format!(", {} layers rebuilt", r.layers_rebuilt)
-        } else {
-            String::new()
-        };
+        let rebuilt = if args.full { format!(", {} layers rebuilt", r.layers_rebuilt) } else { String::new() };
         println!(
             "{}: {} chunks, {} files, {} layers checked{rebuilt}; {} problems",
             if r.is_clean() { "ok" } else { "DAMAGED" },
@@ -34,9 +30,5 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
             r.damaged.len()
         );
     }
-    Ok(if r.is_clean() {
-        Outcome::Ok
-    } else {
-        Outcome::Failed(1)
-    })
+    Ok(if r.is_clean() { Outcome::Ok } else { Outcome::Failed(1) })
 }

@@ -1,0 +1,92 @@
+//! Per-layer number map: each content item's dense file number and chunk
+//! numbers, in recipe order. A cache of what FILES and CHUNKS say, kept so a
+//! diff against a client's possession bitmaps needs no per-file lookups.
+
+use crate::error::{Error, Result};
+use roaring::RoaringBitmap;
+
+const VERSION: u8 = 1;
+
+/// One content item of a layer: its file number and its chunks' numbers.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct MapEntry {
+    pub file: u32,
+    pub chunks: Vec<u32>,
+}
+
+/// The number map of one layer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct LayerMap {
+    pub entries: Vec<MapEntry>,
+}
+
+impl LayerMap {
+    /// `version u8 | count u32 | (file u32 | n u32 | chunk u32 * n) * count`
+    pub fn encode(&self) -> Vec<u8> {
+        let n: usize = self.entries.iter().map(|e| 8 + 4 * e.chunks.len()).sum();
+        let mut b = Vec::with_capacity(5 + n);
+        b.push(VERSION);
+        b.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        for e in &self.entries {
+            b.extend_from_slice(&e.file.to_le_bytes());
+            b.extend_from_slice(&(e.chunks.len() as u32).to_le_bytes());
+            for c in &e.chunks {
+                b.extend_from_slice(&c.to_le_bytes());
+            }
+        }
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self> {
+        let bad = || Error::corrupt("layer number map is malformed");
+        if b.len() < 5 || b[0] != VERSION {
+            return Err(bad());
+        }
+        let mut words = b[5..].chunks_exact(4).map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes")));
+        if (b.len() - 5) % 4 != 0 {
+            return Err(bad());
+        }
+        let count = u32::from_le_bytes(b[1..5].try_into().expect("4 bytes")) as usize;
+        let mut entries = Vec::with_capacity(count.min(b.len() / 8));
+        for _ in 0..count {
+            let file = words.next().ok_or_else(bad)?;
+            let n = words.next().ok_or_else(bad)? as usize;
+            if n > words.len() {
+                return Err(bad());
+            }
+            entries.push(MapEntry { file, chunks: words.by_ref().take(n).collect() });
+        }
+        if words.next().is_some() {
+            return Err(bad());
+        }
+        Ok(LayerMap { entries })
+    }
+
+    /// The layer's distinct file numbers.
+    #[allow(dead_code)] // used by possession maps, next
+    pub fn file_set(&self) -> RoaringBitmap {
+        self.entries.iter().map(|e| e.file).collect()
+    }
+
+    /// The layer's distinct chunk numbers.
+    #[allow(dead_code)] // used by possession maps, next
+    pub fn chunk_set(&self) -> RoaringBitmap {
+        self.entries.iter().flat_map(|e| e.chunks.iter().copied()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_rejects_damage() {
+        let m =
+            LayerMap { entries: vec![MapEntry { file: 3, chunks: vec![1, 2] }, MapEntry { file: 4, chunks: vec![] }] };
+        let b = m.encode();
+        assert_eq!(LayerMap::decode(&b).unwrap(), m);
+        assert!(LayerMap::decode(&b[..b.len() - 4]).is_err());
+        assert_eq!(m.chunk_set().len(), 2);
+        assert_eq!(m.file_set().len(), 2);
+    }
+}
