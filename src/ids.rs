@@ -130,6 +130,16 @@ mod tests {
     }
 
     #[test]
+    fn client_names() {
+        for ok in ["edge-3", "a", "0.x_y-z", &"a".repeat(64)] {
+            assert!(ClientId::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Edge", "-a", ".a", "a/b", "a b", &"a".repeat(65), "é"] {
+            assert!(ClientId::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn one_chunk_file_id_is_chunk_id() {
         let d = b"hello";
         assert_eq!(FileId::of(d).as_chunk(), ChunkId::of(d));

@@ -27,6 +27,8 @@ use std::time::Instant;
 pub struct IngestOptions {
     /// Receives the count of input bytes consumed so far, for progress display.
     pub progress: Option<Arc<AtomicU64>>,
+    /// Refuse to record the layer unless its diff_id is this one.
+    pub expect: Option<LayerId>,
 }
 
 /// What an ingest did.
@@ -105,9 +107,17 @@ impl Store {
                         let _ = self.backend.delete_pack(*p);
                     }
                 }
-                return Err(a.err().or(b.err()).expect("one side failed"));
+                // The writer's error first: when it fails, the walk only sees
+                // "the writer thread stopped", which hides the cause.
+                return Err(b.err().or(a.err()).expect("one side failed"));
             }
         };
+        if let Some(want) = opts.expect.filter(|w| *w != walked.info.id) {
+            for (p, _) in &written.packs {
+                let _ = self.backend.delete_pack(*p);
+            }
+            return Err(Error::corrupt(format!("rebuilt layer is {}, expected {want}", walked.info.id)));
+        }
         failpoint::hit("before-commit");
         let summary = self.commit(walked, &written, counter.load(std::sync::atomic::Ordering::Relaxed), started)?;
         failpoint::hit("after-commit");
@@ -305,6 +315,11 @@ impl Store {
                 for (p, _) in &w.packs {
                     let _ = self.backend.delete_pack(*p);
                 }
+                if let Some(pw) = pack.take() {
+                    let staged = self.staging.join(pw.id.file_name());
+                    drop(pw);
+                    let _ = std::fs::remove_file(staged);
+                }
                 Err(e)
             }
         }
@@ -313,7 +328,12 @@ impl Store {
     fn seal(&self, pw: PackWriter, w: &mut Written) -> Result<()> {
         let id = pw.id;
         let (path, len, count) = pw.finish()?;
-        self.backend.put_pack(id, &path)?;
+        if let Err(e) = self.backend.put_pack(id, &path) {
+            // Leave neither a staged file nor a half-published pack behind.
+            let _ = std::fs::remove_file(&path);
+            let _ = self.backend.delete_pack(id);
+            return Err(e);
+        }
         w.packs.push((id, PackInfo { len, chunks: count }));
         failpoint::hit("after-pack-put");
         Ok(())

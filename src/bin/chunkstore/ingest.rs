@@ -41,7 +41,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
         };
         let counter = Arc::new(AtomicU64::new(0));
         let progress = Progress::start(&name, total, counter.clone());
-        let result = store.ingest(reader, &IngestOptions { progress: Some(counter) });
+        let result = store.ingest(reader, &IngestOptions { progress: Some(counter), ..Default::default() });
         progress.finish();
         match result.with_context(|| format!("{name}: not ingested")) {
             Ok(s) => {
