@@ -90,6 +90,40 @@ impl FileId {
     }
 }
 
+/// A client (edge node) name: `[a-z0-9][a-z0-9._-]{0,63}`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, serde::Serialize)]
+#[serde(transparent)]
+pub struct ClientId(String);
+
+impl ClientId {
+    /// Validate a client name.
+    pub fn new(name: &str) -> Result<Self> {
+        let b = name.as_bytes();
+        let ok = !b.is_empty()
+            && b.len() <= 64
+            && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c));
+        if ok {
+            Ok(ClientId(name.to_string()))
+        } else {
+            Err(Error::invalid(format!(
+                "invalid client name {name:?}: use 1-64 of [a-z0-9._-], starting with a letter or digit"
+            )))
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A pack file's number within one store.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, serde::Serialize)]
 pub struct PackId(pub u64);

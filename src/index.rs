@@ -20,6 +20,8 @@ pub(crate) const RECIPES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("
 pub(crate) const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
 /// LayerId → LayerMap (dense file and chunk numbers in recipe order).
 pub(crate) const LAYER_MAPS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("layer_maps");
+/// Client name → possession record (held layers, file and chunk bitmaps).
+pub(crate) const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
 /// PackId → pack length u64 | chunk count u64.
 pub(crate) const PACKS: TableDefinition<u64, &[u8]> = TableDefinition::new("packs");
 

@@ -63,13 +63,11 @@ impl LayerMap {
     }
 
     /// The layer's distinct file numbers.
-    #[allow(dead_code)] // used by possession maps, next
     pub fn file_set(&self) -> RoaringBitmap {
         self.entries.iter().map(|e| e.file).collect()
     }
 
     /// The layer's distinct chunk numbers.
-    #[allow(dead_code)] // used by possession maps, next
     pub fn chunk_set(&self) -> RoaringBitmap {
         self.entries.iter().flat_map(|e| e.chunks.iter().copied()).collect()
     }

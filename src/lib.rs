@@ -29,8 +29,10 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+mod apply;
 mod backend;
 mod chunker;
+mod dedup;
 mod error;
 mod export;
 mod failpoint;
@@ -40,19 +42,23 @@ mod ingest;
 mod input;
 mod layermap;
 mod pack;
+mod possession;
 mod recipe;
 mod store;
 mod tarsplit;
 mod verify;
 
+pub use apply::{ApplyOutcome, MissingRef};
 pub use backend::{Backend, FaultyBackend, LocalBackend, MemoryBackend, PackBytes};
 pub use chunker::ChunkerParams;
+pub use dedup::PackSummary;
 pub use error::{Error, ErrorKind, Result};
 pub use export::LayerReader;
-pub use ids::{BlobDigest, ChunkId, FileId, LayerId, PackId};
+pub use ids::{BlobDigest, ChunkId, ClientId, FileId, LayerId, PackId};
 pub use index::LayerInfo;
 pub use ingest::{IngestOptions, IngestSummary};
 pub use input::Compression;
+pub use possession::{ClientInfo, Diff, DiffSummary, FileDiff, FileState};
 pub use recipe::{FileRecipe, RecipeItem, RecipeReader};
 pub use store::{Store, StoreOptions, StoreStats};
 pub use verify::{Damage, VerifyOptions, VerifyReport};

@@ -150,6 +150,7 @@ impl Store {
         tx.open_table(BLOBS)?;
         tx.open_table(PACKS)?;
         tx.open_table(index::LAYER_MAPS)?;
+        tx.open_table(index::CLIENTS)?;
         tx.commit()?;
         Ok(params)
     }

@@ -1,9 +1,13 @@
 //! The `chunkstore` command: a thin layer over the library, one file per verb.
 
+mod apply;
+mod client;
+mod diff;
 mod export;
 mod ingest;
 mod ls;
 mod output;
+mod pack;
 mod stat;
 mod verify;
 
@@ -34,6 +38,10 @@ enum Verb {
     Ls(ls::Args),
     Stat(stat::Args),
     Verify(verify::Args),
+    Client(client::Args),
+    Diff(diff::Args),
+    Pack(pack::Args),
+    Apply(apply::Args),
 }
 
 /// Shared by every verb.
@@ -75,6 +83,10 @@ fn main() -> ExitCode {
         Verb::Ls(a) => ls::run(&ctx, a),
         Verb::Stat(a) => stat::run(&ctx, a),
         Verb::Verify(a) => verify::run(&ctx, a),
+        Verb::Client(a) => client::run(&ctx, a),
+        Verb::Diff(a) => diff::run(&ctx, a),
+        Verb::Pack(a) => pack::run(&ctx, a),
+        Verb::Apply(a) => apply::run(&ctx, a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -1,0 +1,73 @@
+//! `chunkstore diff --client NAME LAYER`
+
+use crate::{output, Ctx, Outcome};
+use anyhow::Result;
+use chunkstore::{ClientId, FileState};
+
+/// Show what a client holds of a layer and what a dedup tarball would carry
+#[derive(clap::Args)]
+pub struct Args {
+    /// The client
+    #[arg(long)]
+    client: String,
+    /// Layer digest or unique prefix
+    layer: String,
+    /// List every file
+    #[arg(long)]
+    files: bool,
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
+    let store = ctx.open()?;
+    let layer = store.resolve_layer(&args.layer)?;
+    let d = store.diff(&ClientId::new(&args.client)?, &layer)?;
+    if ctx.json {
+        if args.files {
+            output::json(&d)?;
+        } else {
+            output::json(&serde_json::json!({ "layer": d.layer, "client": d.client, "summary": d.summary }))?;
+        }
+        return Ok(Outcome::Ok);
+    }
+    let s = &d.summary;
+    println!("layer {} against client {}", d.layer, d.client);
+    println!("{:<10} {:>8} {:>12} {:>12}", "", "FILES", "HELD", "CARRIED");
+    println!("{:<10} {:>8} {:>12} {:>12}", "held", s.held_files, output::bytes(s.held_bytes), "0 B");
+    println!(
+        "{:<10} {:>8} {:>12} {:>12}",
+        "partial",
+        s.partial_files,
+        output::bytes(s.partial_held_bytes),
+        output::bytes(s.partial_carried_bytes)
+    );
+    println!("{:<10} {:>8} {:>12} {:>12}", "missing", s.missing_files, "0 B", output::bytes(s.missing_bytes));
+    println!(
+        "{:<10} {:>8} {:>12} {:>12}",
+        "total",
+        s.files,
+        output::bytes(s.held_bytes + s.partial_held_bytes),
+        output::bytes(s.carried_bytes)
+    );
+    println!(
+        "dedup tarball: {} uncompressed ({} bytes) for a {} layer",
+        output::bytes(s.dedup_tar_bytes),
+        s.dedup_tar_bytes,
+        output::bytes(s.layer_bytes)
+    );
+    if args.files {
+        for f in &d.files {
+            let state = match f.state {
+                FileState::Held => "held",
+                FileState::Partial => "partial",
+                FileState::Missing => "missing",
+            };
+            println!(
+                "{state:<8} {:>10} {:>10}  {}",
+                f.size,
+                f.carried_bytes,
+                if f.path.is_empty() { "(data)" } else { &f.path }
+            );
+        }
+    }
+    Ok(Outcome::Ok)
+}

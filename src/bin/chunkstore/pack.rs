@@ -1,0 +1,66 @@
+//! `chunkstore pack --client NAME LAYER -o FILE`
+
+use crate::{output, Ctx, Outcome};
+use anyhow::{Context, Result};
+use chunkstore::ClientId;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Write a dedup tarball of a layer for one client
+#[derive(clap::Args)]
+pub struct Args {
+    /// The client it is for
+    #[arg(long)]
+    client: String,
+    /// Layer digest or unique prefix
+    layer: String,
+    /// Output file; `-` writes to standard output
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// Count the layer as held by the client from now on (offline use: no acknowledgement will come)
+    #[arg(long)]
+    assume_applied: bool,
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
+    let store = ctx.open()?;
+    let layer = store.resolve_layer(&args.layer)?;
+    let client = ClientId::new(&args.client)?;
+    let diff = store.diff(&client, &layer)?;
+    let mut summary = if args.output.as_os_str() == "-" {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let s = store.write_dedup_tar(&diff, &mut out)?;
+        out.flush().context("writing standard output")?;
+        s
+    } else {
+        let tmp = args.output.with_extension(format!("partial-{}", std::process::id()));
+        let result = (|| -> Result<_> {
+            let f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            let mut out = std::io::BufWriter::new(f);
+            let s = store.write_dedup_tar(&diff, &mut out)?;
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            std::fs::rename(&tmp, &args.output).with_context(|| format!("writing {}", args.output.display()))?;
+            Ok(s)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result?
+    };
+    if args.assume_applied {
+        store.hold(&client, &[layer])?;
+        summary.assumed_applied = true;
+    }
+    if ctx.json {
+        output::json(&summary)?;
+    } else {
+        eprintln!(
+            "{layer} for {client}: {} dedup tarball ({} uncompressed; layer {}){}",
+            output::bytes(summary.compressed_bytes),
+            output::bytes(summary.tar_bytes),
+            output::bytes(diff.summary.layer_bytes),
+            if summary.assumed_applied { "; client now counted as holding it" } else { "" }
+        );
+    }
+    Ok(Outcome::Ok)
+}

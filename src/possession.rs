@@ -1,0 +1,400 @@
+//! Possession maps: which layers each client holds and, derived from them,
+//! which files and chunks (roaring bitmaps over the store's dense numbers).
+//! A diff of a layer against a client decides, per content item, whether it
+//! travels as a reference, as missing chunks, or as content.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::ids::{ClientId, FileId, LayerId};
+use crate::index::{self, LayerInfo, CLIENTS, FILES, LAYERS, LAYER_MAPS, RECIPES};
+use crate::layermap::{LayerMap, MapEntry};
+use crate::recipe::{RecipeItem, RecipeReader};
+use crate::store::Store;
+use redb::{ReadableTable, ReadableTableMetadata};
+use roaring::RoaringBitmap;
+
+const RECORD_VERSION: u8 = 1;
+
+/// A client's possession record: held layers and the union of their sets.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct Possession {
+    pub layers: Vec<LayerId>,
+    pub files: RoaringBitmap,
+    pub chunks: RoaringBitmap,
+}
+
+impl Possession {
+    /// `version u8 | n u32 | layer id [32] * n | len u32 | files bitmap | len u32 | chunks bitmap`
+    /// (bitmaps in the portable roaring format, run-compressed).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![RECORD_VERSION];
+        b.extend_from_slice(&(self.layers.len() as u32).to_le_bytes());
+        for l in &self.layers {
+            b.extend_from_slice(l.as_bytes());
+        }
+        for set in [&self.files, &self.chunks] {
+            let mut set = set.clone();
+            set.optimize();
+            b.extend_from_slice(&(set.serialized_size() as u32).to_le_bytes());
+            set.serialize_into(&mut b).expect("writing to a Vec cannot fail");
+        }
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self> {
+        let bad = || Error::corrupt("client record is malformed");
+        let take = |b: &mut &[u8], n: usize| -> Result<Vec<u8>> {
+            if b.len() < n {
+                return Err(bad());
+            }
+            let (h, t) = b.split_at(n);
+            *b = t;
+            Ok(h.to_vec())
+        };
+        let mut rest = b;
+        if take(&mut rest, 1)?[0] != RECORD_VERSION {
+            return Err(bad());
+        }
+        let n = u32::from_le_bytes(take(&mut rest, 4)?.try_into().expect("4 bytes")) as usize;
+        if n > rest.len() / 32 {
+            return Err(bad());
+        }
+        let layers = (0..n)
+            .map(|_| Ok(LayerId::from_bytes(take(&mut rest, 32)?.try_into().expect("32 bytes"))))
+            .collect::<Result<_>>()?;
+        let mut sets = Vec::with_capacity(2);
+        for _ in 0..2 {
+            let len = u32::from_le_bytes(take(&mut rest, 4)?.try_into().expect("4 bytes")) as usize;
+            let bytes = take(&mut rest, len)?;
+            sets.push(RoaringBitmap::deserialize_from(&bytes[..]).map_err(|_| bad())?);
+        }
+        if !rest.is_empty() {
+            return Err(bad());
+        }
+        let chunks = sets.pop().expect("two sets");
+        let files = sets.pop().expect("two sets");
+        Ok(Possession { layers, files, chunks })
+    }
+}
+
+/// A client and what it holds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClientInfo {
+    /// The client's name.
+    pub name: ClientId,
+    /// Layers it holds.
+    pub layers: Vec<LayerId>,
+    /// Distinct files it holds.
+    pub files: u64,
+    /// Distinct chunks it holds.
+    pub chunks: u64,
+    /// Sum of its layers' uncompressed sizes.
+    pub layer_bytes: u64,
+    /// Bytes of index this client's record takes.
+    pub record_bytes: u64,
+}
+
+/// How one content item of a layer would travel to a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileState {
+    /// The client holds the whole file: a reference.
+    Held,
+    /// The client holds some of its chunks: the rest travel.
+    Partial,
+    /// The client holds none of it: its content travels.
+    Missing,
+}
+
+/// One content item in a diff.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FileDiff {
+    /// Path in the layer (lossy UTF-8); empty for non-file data.
+    pub path: String,
+    /// Content id.
+    pub id: FileId,
+    /// Length.
+    pub size: u64,
+    /// How it travels.
+    pub state: FileState,
+    /// Bytes the client already holds.
+    pub held_bytes: u64,
+    /// Content bytes that must travel.
+    pub carried_bytes: u64,
+    /// Chunks that must travel (for partly held files).
+    pub carried_chunks: u32,
+    #[serde(skip)]
+    pub(crate) entry: MapEntry,
+    /// For a partly held file: which chunks travel.
+    #[serde(skip)]
+    pub(crate) carried: Vec<bool>,
+}
+
+/// Totals of a diff.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DiffSummary {
+    /// Content items in the layer.
+    pub files: u64,
+    /// Items held whole, and their bytes.
+    pub held_files: u64,
+    /// Bytes of items held whole.
+    pub held_bytes: u64,
+    /// Items held in part.
+    pub partial_files: u64,
+    /// Bytes of partly held items the client has.
+    pub partial_held_bytes: u64,
+    /// Bytes of partly held items that must travel.
+    pub partial_carried_bytes: u64,
+    /// Items not held at all.
+    pub missing_files: u64,
+    /// Their bytes.
+    pub missing_bytes: u64,
+    /// All content bytes that travel.
+    pub carried_bytes: u64,
+    /// Exact length of the dedup tarball's uncompressed stream.
+    pub dedup_tar_bytes: u64,
+    /// The layer's uncompressed tar size.
+    pub layer_bytes: u64,
+}
+
+/// A layer compared with what one client holds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Diff {
+    /// The layer.
+    pub layer: LayerId,
+    /// The client.
+    pub client: ClientId,
+    /// Totals.
+    pub summary: DiffSummary,
+    /// Per content item, in layer order.
+    pub files: Vec<FileDiff>,
+}
+
+impl Store {
+    fn read_possession(&self, tx: &redb::ReadTransaction, c: &ClientId) -> Result<Possession> {
+        let t = tx.open_table(CLIENTS)?;
+        let v = t.get(c.as_str())?;
+        let v = v.ok_or_else(|| Error::not_found(format!("no client named {c}")))?;
+        Possession::decode(v.value())
+    }
+
+    /// Register a client holding nothing.
+    pub fn add_client(&self, c: &ClientId) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(CLIENTS)?;
+            if t.get(c.as_str())?.is_some() {
+                return Err(Error::new(ErrorKind::Config, format!("client {c} already exists")));
+            }
+            t.insert(c.as_str(), &Possession::default().encode()[..])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forget a client and its possession map.
+    pub fn remove_client(&self, c: &ClientId) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        if tx.open_table(CLIENTS)?.remove(c.as_str())?.is_none() {
+            return Err(Error::not_found(format!("no client named {c}")));
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every client, by name.
+    pub fn clients(&self) -> Result<Vec<ClientInfo>> {
+        let tx = self.db.begin_read()?;
+        let names: Vec<String> =
+            tx.open_table(CLIENTS)?.iter()?.map(|e| Ok(e?.0.value().to_string())).collect::<Result<_>>()?;
+        names.iter().map(|n| self.client_in(&tx, &ClientId::new(n)?)).collect()
+    }
+
+    /// One client's holdings.
+    pub fn client(&self, c: &ClientId) -> Result<ClientInfo> {
+        self.client_in(&self.db.begin_read()?, c)
+    }
+
+    fn client_in(&self, tx: &redb::ReadTransaction, c: &ClientId) -> Result<ClientInfo> {
+        let p = self.read_possession(tx, c)?;
+        let layers = tx.open_table(LAYERS)?;
+        let mut layer_bytes = 0;
+        for l in &p.layers {
+            if let Some(v) = layers.get(&l.as_bytes()[..])? {
+                layer_bytes += LayerInfo::decode(v.value())?.tar_size;
+            }
+        }
+        Ok(ClientInfo {
+            name: c.clone(),
+            files: p.files.len(),
+            chunks: p.chunks.len(),
+            layer_bytes,
+            record_bytes: p.encode().len() as u64,
+            layers: p.layers,
+        })
+    }
+
+    /// Record that a client holds these layers (already-held ones are no-ops).
+    pub fn hold(&self, c: &ClientId, layers: &[LayerId]) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut clients = tx.open_table(CLIENTS)?;
+            let mut p = match clients.get(c.as_str())? {
+                Some(v) => Possession::decode(v.value())?,
+                None => return Err(Error::not_found(format!("no client named {c}"))),
+            };
+            let maps = tx.open_table(LAYER_MAPS)?;
+            for l in layers {
+                if p.layers.contains(l) {
+                    continue;
+                }
+                let m = maps
+                    .get(&l.as_bytes()[..])?
+                    .ok_or_else(|| Error::not_found(format!("layer {l} is not in the store")))?;
+                let m = LayerMap::decode(m.value())?;
+                p.files |= m.file_set();
+                p.chunks |= m.chunk_set();
+                p.layers.push(*l);
+            }
+            clients.insert(c.as_str(), &p.encode()[..])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Record that a client no longer holds these layers; its file and chunk
+    /// sets are rebuilt from the layers it still holds.
+    pub fn evict(&self, c: &ClientId, layers: &[LayerId]) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut clients = tx.open_table(CLIENTS)?;
+            let old = match clients.get(c.as_str())? {
+                Some(v) => Possession::decode(v.value())?,
+                None => return Err(Error::not_found(format!("no client named {c}"))),
+            };
+            if let Some(l) = layers.iter().find(|l| !old.layers.contains(l)) {
+                return Err(Error::not_found(format!("client {c} does not hold layer {l}")));
+            }
+            let maps = tx.open_table(LAYER_MAPS)?;
+            let mut p = Possession::default();
+            for l in old.layers.iter().filter(|l| !layers.contains(l)) {
+                if let Some(m) = maps.get(&l.as_bytes()[..])? {
+                    let m = LayerMap::decode(m.value())?;
+                    p.files |= m.file_set();
+                    p.chunks |= m.chunk_set();
+                }
+                p.layers.push(*l);
+            }
+            clients.insert(c.as_str(), &p.encode()[..])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Compare a layer with what a client holds.
+    pub fn diff(&self, c: &ClientId, layer: &LayerId) -> Result<Diff> {
+        let tx = self.db.begin_read()?;
+        let p = self.read_possession(&tx, c)?;
+        let key = &layer.as_bytes()[..];
+        let missing = || Error::not_found(format!("layer {layer} is not in the store"));
+        let info = LayerInfo::decode(tx.open_table(LAYERS)?.get(key)?.ok_or_else(missing)?.value())?;
+        let recipe = tx.open_table(RECIPES)?.get(key)?.ok_or_else(missing)?.value().to_vec();
+        let map = LayerMap::decode(tx.open_table(LAYER_MAPS)?.get(key)?.ok_or_else(missing)?.value())?;
+        let files_t = tx.open_table(FILES)?;
+        let mut entries = map.entries.into_iter();
+        let mut s = DiffSummary { layer_bytes: info.tar_size, ..Default::default() };
+        let mut files = Vec::new();
+        let magic = crate::dedup::magic_text(layer, info.tar_size, c, self.params);
+        let mut tar_bytes = crate::dedup::entry_bytes(magic.len() as u64);
+        for item in RecipeReader::new(recipe)? {
+            let (id, size, path) = match item? {
+                RecipeItem::Raw(b) => {
+                    tar_bytes += crate::dedup::raw_entry_bytes(b.len() as u64);
+                    continue;
+                }
+                RecipeItem::File { id, size, path } => (id, size, String::from_utf8_lossy(&path).into_owned()),
+                RecipeItem::Data { id, size } => (id, size, String::new()),
+            };
+            let entry = entries.next().ok_or_else(|| Error::corrupt(format!("layer {layer}: number map is short")))?;
+            let mut d = FileDiff {
+                path,
+                id,
+                size,
+                state: FileState::Missing,
+                held_bytes: 0,
+                carried_bytes: size,
+                carried_chunks: entry.chunks.len() as u32,
+                entry,
+                carried: Vec::new(),
+            };
+            if p.files.contains(d.entry.file) {
+                d.state = FileState::Held;
+                (d.held_bytes, d.carried_bytes, d.carried_chunks) = (size, 0, 0);
+            } else if d.entry.chunks.iter().any(|n| p.chunks.contains(*n)) {
+                let v =
+                    files_t.get(&id.as_bytes()[..])?.ok_or_else(|| Error::corrupt(format!("file {id} is missing")))?;
+                let (_, r) = index::decode_file(v.value())?;
+                let (mut held, mut carried, mut n) = (0u64, 0u64, 0u32);
+                let mut mask = Vec::with_capacity(r.chunks.len());
+                for ((_, len), num) in r.chunks.iter().zip(&d.entry.chunks) {
+                    let carry = !p.chunks.contains(*num);
+                    mask.push(carry);
+                    if carry {
+                        carried += *len as u64;
+                        n += 1;
+                    } else {
+                        held += *len as u64;
+                    }
+                }
+                // A chunk list costs its table; only worth it when it saves bytes.
+                if held > crate::dedup::chunk_table_bytes(r.chunks.len()) {
+                    d.state = FileState::Partial;
+                    d.carried = mask;
+                    (d.held_bytes, d.carried_bytes, d.carried_chunks) = (held, carried, n);
+                }
+            }
+            s.files += 1;
+            match d.state {
+                FileState::Held => {
+                    s.held_files += 1;
+                    s.held_bytes += size;
+                }
+                FileState::Partial => {
+                    s.partial_files += 1;
+                    s.partial_held_bytes += d.held_bytes;
+                    s.partial_carried_bytes += d.carried_bytes;
+                }
+                FileState::Missing => {
+                    s.missing_files += 1;
+                    s.missing_bytes += size;
+                }
+            }
+            s.carried_bytes += d.carried_bytes;
+            tar_bytes += crate::dedup::item_entry_bytes(&d);
+            files.push(d);
+        }
+        s.dedup_tar_bytes = tar_bytes + crate::dedup::END_BYTES;
+        Ok(Diff { layer: *layer, client: c.clone(), summary: s, files })
+    }
+
+    /// Number of clients.
+    pub fn client_count(&self) -> Result<u64> {
+        Ok(self.db.begin_read()?.open_table(CLIENTS)?.len()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trip() {
+        let mut p = Possession { layers: vec![LayerId::from_bytes([5; 32])], ..Default::default() };
+        p.files.insert_range(0..1000);
+        p.chunks.insert(77);
+        let b = p.encode();
+        assert_eq!(Possession::decode(&b).unwrap(), p);
+        assert!(Possession::decode(&b[..b.len() - 1]).is_err());
+        // Runs compress: a thousand consecutive files cost a few bytes.
+        assert!(b.len() < 100, "{}", b.len());
+    }
+}
