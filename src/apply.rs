@@ -8,6 +8,7 @@
 
 use crate::chunker::ChunkerParams;
 use crate::dedup::{self, MAGIC_LINE, MAGIC_NAME, TABLE_ROW, VERSION};
+use crate::delta::DELTA_MAX;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ChunkId, FileId, LayerId};
 use crate::index::{self, CHUNKS, FILES};
@@ -102,6 +103,7 @@ enum Kind {
     Ref { id: FileId, size: u64 },
     File { id: FileId },
     Chunks { id: FileId, size: u64 },
+    Delta { id: FileId, size: u64, base: FileId, base_size: u64 },
 }
 
 fn parse_name(name: &[u8]) -> Result<Kind> {
@@ -114,6 +116,12 @@ fn parse_name(name: &[u8]) -> Result<Kind> {
         ["ref", id, s] => Kind::Ref { id: dedup::parse_file_id(id)?, size: size(s)? },
         ["file", id] => Kind::File { id: dedup::parse_file_id(id)? },
         ["chunks", id, s] => Kind::Chunks { id: dedup::parse_file_id(id)?, size: size(s)? },
+        ["delta", id, s, base, bs] => Kind::Delta {
+            id: dedup::parse_file_id(id)?,
+            size: size(s)?,
+            base: dedup::parse_file_id(base)?,
+            base_size: size(bs)?,
+        },
         _ => return Err(bad(format!("unknown entry {name:?}"))),
     })
 }
@@ -303,6 +311,30 @@ impl<'s> Rebuild<'s> {
                     let rows = self.read_table(fsize, size)?;
                     self.cur = Some(Cur::Chunks { id, rows, hasher: blake3::Hasher::new() });
                 }
+                Kind::Delta { id, size: fsize, base, base_size } => {
+                    let delta = self.read_content(size, DELTA_MAX, "delta")?;
+                    match self.local_file(&base)? {
+                        Some(r) if r.size != base_size => {
+                            return Err(bad(format!(
+                                "delta base {base} says {base_size} bytes, the file has {}",
+                                r.size
+                            )))
+                        }
+                        Some(r) if r.size <= DELTA_MAX => {
+                            let out = crate::delta::decode(&self.store.read_file(&base)?, &delta, fsize)?;
+                            if FileId::of(&out) != id {
+                                return Err(bad(format!("delta for file {id} does not rebuild it")));
+                            }
+                            self.buf = out;
+                            return Ok(true);
+                        }
+                        Some(_) => return Err(bad(format!("delta base {base} is over the size limit"))),
+                        None => {
+                            self.note_missing("file", base.to_string(), base_size);
+                            return self.drain();
+                        }
+                    }
+                }
             }
         }
     }
@@ -335,6 +367,12 @@ impl<'s> Rebuild<'s> {
                 Kind::Chunks { size: fsize, .. } => {
                     let rows = self.read_table(fsize, size)?;
                     self.drain_rows(rows)?;
+                }
+                Kind::Delta { base, base_size, .. } => {
+                    self.read_content(size, DELTA_MAX, "delta")?;
+                    if self.local_file(&base)?.is_none() {
+                        self.note_missing("file", base.to_string(), base_size);
+                    }
                 }
             }
         }

@@ -9,6 +9,7 @@
 //! ref/<file hex>/<size>        a file the client holds: no content
 //! file/<file hex>              a file's whole content
 //! chunks/<file hex>/<size>     chunk table, then the bytes of carried chunks
+//! delta/<hex>/<size>/<base hex>/<base size>  zstd frame, decoded with the base as prefix
 //! ```
 
 use crate::chunker::ChunkerParams;
@@ -54,6 +55,7 @@ pub(crate) fn item_entry_bytes(d: &FileDiff) -> u64 {
         FileState::Held => entry_bytes(0),
         FileState::Missing => entry_bytes(d.size),
         FileState::Partial => entry_bytes(chunk_table_bytes(d.entry.chunks.len()) + d.carried_bytes),
+        FileState::Delta => entry_bytes(d.carried_bytes),
     }
 }
 
@@ -218,6 +220,12 @@ impl Store {
             let hex = id.to_hex();
             match d.state {
                 FileState::Held => t.entry(&format!("ref/{hex}/{}", d.size), &[])?,
+                FileState::Delta => {
+                    let (Some(base), Some(delta)) = (d.base, d.delta.as_ref()) else {
+                        return Err(Error::invalid("diff names a delta without its base or bytes"));
+                    };
+                    t.entry(&format!("delta/{hex}/{}/{}/{}", d.size, base.to_hex(), d.base_size), delta)?;
+                }
                 FileState::Missing => {
                     let v = files_t
                         .get(&id.as_bytes()[..])?

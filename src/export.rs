@@ -56,6 +56,22 @@ impl Store {
         io::copy(&mut r, &mut out).map_err(|e| crate::error::from_io(e, format!("exporting layer {id}")))
     }
 
+    /// A stored file's whole content (for deltas: bounded by their size limit).
+    pub(crate) fn read_file(&self, id: &FileId) -> Result<Vec<u8>> {
+        let r = self.file_recipe(id)?.ok_or_else(|| Error::not_found(format!("file {id} is not in the store")))?;
+        let tx = self.db.begin_read()?;
+        let chunks = tx.open_table(CHUNKS)?;
+        let mut out = Vec::with_capacity(r.size as usize);
+        for (c, _) in &r.chunks {
+            let v = chunks.get(&c.as_bytes()[..])?.ok_or_else(|| Error::corrupt(format!("chunk {c} is missing")))?;
+            out.extend_from_slice(&self.read_chunk(&ChunkLoc::decode(v.value())?)?);
+        }
+        if out.len() as u64 != r.size {
+            return Err(Error::corrupt(format!("file {id} rebuilt to {} bytes, expected {}", out.len(), r.size)));
+        }
+        Ok(out)
+    }
+
     /// A stored file's recipe.
     pub fn file_recipe(&self, id: &FileId) -> Result<Option<FileRecipe>> {
         let tx = self.db.begin_read()?;

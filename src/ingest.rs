@@ -404,6 +404,9 @@ impl Store {
             let key = &info.id.as_bytes()[..];
             let prev = layers.get(key)?.map(|v| LayerInfo::decode(v.value())).transpose()?;
             already_present = prev.is_some();
+            // This input's compressed digest names the layer even when the
+            // record keeps the digest it arrived with first.
+            let arrived_blob = info.blob;
             match prev {
                 Some(p) => {
                     info.ingested_at = p.ingested_at;
@@ -420,7 +423,7 @@ impl Store {
             layers.insert(key, &info.encode()[..])?;
             tx.open_table(RECIPES)?.insert(key, &recipe[..])?;
             tx.open_table(LAYER_MAPS)?.insert(key, &map.encode()[..])?;
-            if let Some(b) = &info.blob {
+            if let Some(b) = arrived_blob.or(info.blob) {
                 tx.open_table(BLOBS)?.insert(&b.as_bytes()[..], key)?;
             }
         }

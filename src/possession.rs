@@ -103,6 +103,16 @@ pub enum FileState {
     Partial,
     /// The client holds none of it: its content travels.
     Missing,
+    /// It travels as a delta against a similar file the client holds.
+    Delta,
+}
+
+/// What a diff works out.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DiffOptions {
+    /// Encode files the client lacks as deltas against similar files it holds,
+    /// where that is smaller (costs compression work; `pack` always does it).
+    pub deltas: bool,
 }
 
 /// One content item in a diff.
@@ -122,11 +132,24 @@ pub struct FileDiff {
     pub carried_bytes: u64,
     /// Chunks that must travel (for partly held files).
     pub carried_chunks: u32,
+    /// The held file a delta is against.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<FileId>,
+    /// The base's size.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub base_size: u64,
     #[serde(skip)]
     pub(crate) entry: MapEntry,
     /// For a partly held file: which chunks travel.
     #[serde(skip)]
     pub(crate) carried: Vec<bool>,
+    /// For a delta: the encoded delta, reused by the tarball writer.
+    #[serde(skip)]
+    pub(crate) delta: Option<Vec<u8>>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Totals of a diff.
@@ -148,6 +171,12 @@ pub struct DiffSummary {
     pub missing_files: u64,
     /// Their bytes.
     pub missing_bytes: u64,
+    /// Items sent as deltas.
+    pub delta_files: u64,
+    /// Their full size.
+    pub delta_file_bytes: u64,
+    /// Bytes of their deltas.
+    pub delta_bytes: u64,
     /// All content bytes that travel.
     pub carried_bytes: u64,
     /// Exact length of the dedup tarball's uncompressed stream.
@@ -290,25 +319,30 @@ impl Store {
         Ok(())
     }
 
-    /// Compare a layer with what a client holds.
+    /// Compare a layer with what a client holds (possession only, no deltas).
     pub fn diff(&self, c: &ClientId, layer: &LayerId) -> Result<Diff> {
+        self.diff_with(c, layer, DiffOptions::default())
+    }
+
+    /// Compare a layer with what a client holds, deciding each item's encoding.
+    pub fn diff_with(&self, c: &ClientId, layer: &LayerId, opts: DiffOptions) -> Result<Diff> {
         let tx = self.db.begin_read()?;
         let p = self.read_possession(&tx, c)?;
         let key = &layer.as_bytes()[..];
         let missing = || Error::not_found(format!("layer {layer} is not in the store"));
         let info = LayerInfo::decode(tx.open_table(LAYERS)?.get(key)?.ok_or_else(missing)?.value())?;
-        let recipe = tx.open_table(RECIPES)?.get(key)?.ok_or_else(missing)?.value().to_vec();
+        let recipes = tx.open_table(RECIPES)?;
+        let recipe = recipes.get(key)?.ok_or_else(missing)?.value().to_vec();
         let map = LayerMap::decode(tx.open_table(LAYER_MAPS)?.get(key)?.ok_or_else(missing)?.value())?;
         let files_t = tx.open_table(FILES)?;
         let mut entries = map.entries.into_iter();
-        let mut s = DiffSummary { layer_bytes: info.tar_size, ..Default::default() };
-        let mut files = Vec::new();
         let magic = crate::dedup::magic_text(layer, info.tar_size, c, self.params);
-        let mut tar_bytes = crate::dedup::entry_bytes(magic.len() as u64);
+        let mut raw_bytes = crate::dedup::entry_bytes(magic.len() as u64) + crate::dedup::END_BYTES;
+        let mut files = Vec::new();
         for item in RecipeReader::new(recipe)? {
             let (id, size, path) = match item? {
                 RecipeItem::Raw(b) => {
-                    tar_bytes += crate::dedup::raw_entry_bytes(b.len() as u64);
+                    raw_bytes += crate::dedup::raw_entry_bytes(b.len() as u64);
                     continue;
                 }
                 RecipeItem::File { id, size, path } => (id, size, String::from_utf8_lossy(&path).into_owned()),
@@ -323,8 +357,11 @@ impl Store {
                 held_bytes: 0,
                 carried_bytes: size,
                 carried_chunks: entry.chunks.len() as u32,
+                base: None,
+                base_size: 0,
                 entry,
                 carried: Vec::new(),
+                delta: None,
             };
             if p.files.contains(d.entry.file) {
                 d.state = FileState::Held;
@@ -352,28 +389,103 @@ impl Store {
                     (d.held_bytes, d.carried_bytes, d.carried_chunks) = (held, carried, n);
                 }
             }
+            files.push(d);
+        }
+        if opts.deltas && files.iter().any(|d| d.state != FileState::Held) {
+            let mut bases = crate::delta::BaseIndex::default();
+            for l in &p.layers {
+                let Some(r) = recipes.get(&l.as_bytes()[..])? else { continue };
+                for item in RecipeReader::new(r.value().to_vec())? {
+                    if let RecipeItem::File { id, size, path } = item? {
+                        bases.add(&path, id, size);
+                    }
+                }
+            }
+            self.choose_deltas(&mut files, &bases)?;
+        }
+        let mut s = DiffSummary { layer_bytes: info.tar_size, dedup_tar_bytes: raw_bytes, ..Default::default() };
+        for d in &files {
             s.files += 1;
             match d.state {
                 FileState::Held => {
                     s.held_files += 1;
-                    s.held_bytes += size;
+                    s.held_bytes += d.size;
                 }
                 FileState::Partial => {
                     s.partial_files += 1;
                     s.partial_held_bytes += d.held_bytes;
                     s.partial_carried_bytes += d.carried_bytes;
                 }
+                FileState::Delta => {
+                    s.delta_files += 1;
+                    s.delta_file_bytes += d.size;
+                    s.delta_bytes += d.carried_bytes;
+                }
                 FileState::Missing => {
                     s.missing_files += 1;
-                    s.missing_bytes += size;
+                    s.missing_bytes += d.size;
                 }
             }
             s.carried_bytes += d.carried_bytes;
-            tar_bytes += crate::dedup::item_entry_bytes(&d);
-            files.push(d);
+            s.dedup_tar_bytes += crate::dedup::item_entry_bytes(d);
         }
-        s.dedup_tar_bytes = tar_bytes + crate::dedup::END_BYTES;
         Ok(Diff { layer: *layer, client: c.clone(), summary: s, files })
+    }
+
+    /// For each file the client lacks that has a base, encode a delta in
+    /// parallel and keep it where it beats the file's own encoding (its
+    /// carried bytes, zstd-compressed as the tarball would compress them).
+    fn choose_deltas(&self, files: &mut [FileDiff], bases: &crate::delta::BaseIndex) -> Result<()> {
+        use rayon::prelude::*;
+        let path_bytes = |d: &FileDiff| d.path.as_bytes().to_vec();
+        let work: Vec<(usize, (FileId, u64))> = files
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| matches!(d.state, FileState::Missing | FileState::Partial) && !d.path.is_empty())
+            .filter_map(|(i, d)| bases.pick(&path_bytes(d), d.size).filter(|b| b.0 != d.id).map(|b| (i, b)))
+            .collect();
+        let results: Vec<Option<(usize, (FileId, u64), Vec<u8>)>> = work
+            .par_iter()
+            .map(|(i, base)| -> Result<_> {
+                let d = &files[*i];
+                let target = self.read_file(&d.id)?;
+                let own = match d.state {
+                    FileState::Partial => self.carried_content(d)?,
+                    _ => target.clone(),
+                };
+                let own_len = crate::pack::compress_chunk(&own, 3).map_or(own.len(), |c| c.len());
+                let delta = crate::delta::encode(&self.read_file(&base.0)?, &target)?;
+                Ok((delta.len() < own_len).then_some((*i, *base, delta)))
+            })
+            .collect::<Result<_>>()?;
+        for (i, base, delta) in results.into_iter().flatten() {
+            let d = &mut files[i];
+            d.state = FileState::Delta;
+            d.base = Some(base.0);
+            d.base_size = base.1;
+            d.held_bytes = 0;
+            d.carried_bytes = delta.len() as u64;
+            d.carried_chunks = 0;
+            d.carried = Vec::new();
+            d.delta = Some(delta);
+        }
+        Ok(())
+    }
+
+    /// The bytes of a partly held file's carried chunks, concatenated.
+    fn carried_content(&self, d: &FileDiff) -> Result<Vec<u8>> {
+        let r = self.file_recipe(&d.id)?.ok_or_else(|| Error::corrupt(format!("file {} is missing", d.id)))?;
+        let mut out = Vec::with_capacity(d.carried_bytes as usize);
+        let tx = self.db.begin_read()?;
+        let chunks = tx.open_table(crate::index::CHUNKS)?;
+        for ((c, _), carry) in r.chunks.iter().zip(&d.carried) {
+            if *carry {
+                let v =
+                    chunks.get(&c.as_bytes()[..])?.ok_or_else(|| Error::corrupt(format!("chunk {c} is missing")))?;
+                out.extend_from_slice(&self.read_chunk(&crate::pack::ChunkLoc::decode(v.value())?)?);
+            }
+        }
+        Ok(out)
     }
 
     /// Number of clients.

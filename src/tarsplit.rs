@@ -132,6 +132,10 @@ impl<R: Read> TarSplitter<R> {
                 raw.truncate(hstart + n);
                 return Err(if n == 0 {
                     Error::invalid(format!("truncated tar: no end-of-archive marker (input ends at offset {at})"))
+                } else if at == 0 {
+                    Error::invalid(format!(
+                        "not a tar archive: the input is only {n} bytes, less than one header block"
+                    ))
                 } else {
                     self.truncated("a header block")
                 });

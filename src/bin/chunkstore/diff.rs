@@ -2,7 +2,7 @@
 
 use crate::{output, Ctx, Outcome};
 use anyhow::Result;
-use chunkstore::{ClientId, FileState};
+use chunkstore::{ClientId, DiffOptions, FileState};
 
 /// Show what a client holds of a layer and what a dedup tarball would carry
 #[derive(clap::Args)]
@@ -12,15 +12,18 @@ pub struct Args {
     client: String,
     /// Layer digest or unique prefix
     layer: String,
-    /// List every file
+    /// List every file with its encoding
     #[arg(long)]
     files: bool,
+    /// Skip delta encoding (possession only: fast, but not what `pack` sends)
+    #[arg(long)]
+    no_deltas: bool,
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     let store = ctx.open()?;
     let layer = store.resolve_layer(&args.layer)?;
-    let d = store.diff(&ClientId::new(&args.client)?, &layer)?;
+    let d = store.diff_with(&ClientId::new(&args.client)?, &layer, DiffOptions { deltas: !args.no_deltas })?;
     if ctx.json {
         if args.files {
             output::json(&d)?;
@@ -31,7 +34,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     }
     let s = &d.summary;
     println!("layer {} against client {}", d.layer, d.client);
-    println!("{:<10} {:>8} {:>12} {:>12}", "", "FILES", "HELD", "CARRIED");
+    println!("{:<10} {:>8} {:>12} {:>12}", "ENCODING", "FILES", "HELD", "CARRIED");
     println!("{:<10} {:>8} {:>12} {:>12}", "held", s.held_files, output::bytes(s.held_bytes), "0 B");
     println!(
         "{:<10} {:>8} {:>12} {:>12}",
@@ -39,6 +42,14 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
         s.partial_files,
         output::bytes(s.partial_held_bytes),
         output::bytes(s.partial_carried_bytes)
+    );
+    println!(
+        "{:<10} {:>8} {:>12} {:>12}  (files of {})",
+        "delta",
+        s.delta_files,
+        "0 B",
+        output::bytes(s.delta_bytes),
+        output::bytes(s.delta_file_bytes)
     );
     println!("{:<10} {:>8} {:>12} {:>12}", "missing", s.missing_files, "0 B", output::bytes(s.missing_bytes));
     println!(
@@ -60,6 +71,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
                 FileState::Held => "held",
                 FileState::Partial => "partial",
                 FileState::Missing => "missing",
+                FileState::Delta => "delta",
             };
             println!(
                 "{state:<8} {:>10} {:>10}  {}",

@@ -2,7 +2,7 @@
 
 use crate::{output, Ctx, Outcome};
 use anyhow::{Context, Result};
-use chunkstore::ClientId;
+use chunkstore::{ClientId, DiffOptions};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -26,7 +26,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     let store = ctx.open()?;
     let layer = store.resolve_layer(&args.layer)?;
     let client = ClientId::new(&args.client)?;
-    let diff = store.diff(&client, &layer)?;
+    let diff = store.diff_with(&client, &layer, DiffOptions { deltas: true })?;
     let mut summary = if args.output.as_os_str() == "-" {
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         let s = store.write_dedup_tar(&diff, &mut out)?;
