@@ -95,7 +95,7 @@ mod tests {
 
     #[test]
     fn delta_round_trip_and_is_small() {
-        let base: Vec<u8> = (0..200_000u32).flat_map(|i| (i * 2654435761).to_le_bytes()).collect();
+        let base: Vec<u8> = (0..200_000u32).flat_map(|i| i.wrapping_mul(2654435761).to_le_bytes()).collect();
         let mut target = base.clone();
         target[1000..1010].copy_from_slice(b"0123456789");
         target.extend_from_slice(b"tail");

@@ -444,7 +444,8 @@ impl Store {
             .filter(|(_, d)| matches!(d.state, FileState::Missing | FileState::Partial) && !d.path.is_empty())
             .filter_map(|(i, d)| bases.pick(&path_bytes(d), d.size).filter(|b| b.0 != d.id).map(|b| (i, b)))
             .collect();
-        let results: Vec<Option<(usize, (FileId, u64), Vec<u8>)>> = work
+        type Chosen = Option<(usize, (FileId, u64), Vec<u8>)>;
+        let results: Vec<Chosen> = work
             .par_iter()
             .map(|(i, base)| -> Result<_> {
                 let d = &files[*i];
