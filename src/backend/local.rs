@@ -57,7 +57,12 @@ impl Backend for LocalBackend {
     fn put_pack(&self, id: PackId, staged: &Path) -> Result<()> {
         let dest = self.path(id);
         let dir = dest.parent().expect("pack path has a parent");
-        fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        if !dir.is_dir() {
+            fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            // A new fan-out directory's own entry must be durable too, or a
+            // power loss can drop a pack the index already names.
+            sync_dir(&self.root)?;
+        }
         if dest.exists() {
             return Err(Error::new(ErrorKind::Config, format!("pack {} already exists", dest.display())));
         }
