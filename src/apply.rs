@@ -7,7 +7,7 @@
 //! written to the filesystem but the store.
 
 use crate::chunker::ChunkerParams;
-use crate::dedup::{self, MAGIC_LINE, MAGIC_NAME, TABLE_ROW, VERSION};
+use crate::dedup::{self, MAGIC_LINE, MAGIC_NAME, MAX_TABLE_ROWS, TABLE_ROW, VERSION};
 use crate::delta::DELTA_MAX;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ChunkId, FileId, LayerId};
@@ -15,15 +15,17 @@ use crate::index::{self, CHUNKS, FILES};
 use crate::ingest::{IngestOptions, IngestSummary};
 use crate::pack::{ChunkLoc, MAX_CHUNK};
 use crate::store::Store;
-use crate::tarsplit::{ContentKind, TarSplitter, MAX_TAIL};
+use crate::tarsplit::{ContentKind, TarSplitter};
 use redb::ReadOnlyTable;
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
 
-/// Largest magic record and raw entry a dedup tarball may carry.
+/// Largest magic record a dedup tarball may carry.
 const MAX_MAGIC: u64 = 64 * 1024;
-const MAX_RAW: u64 = MAX_TAIL + (2 << 20);
+/// Largest raw entry: the writer emits one per recipe raw item, which may be
+/// this long (a run of many header-only entries, or the tail).
+const MAX_RAW: u64 = crate::recipe::MAX_RAW as u64;
 
 /// Something a dedup tarball referenced that this store does not hold.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -67,7 +69,8 @@ fn parse_magic(text: &[u8]) -> Result<Magic> {
     let text = std::str::from_utf8(text).map_err(|_| bad("magic record is not text"))?;
     let mut lines = text.lines();
     let first = lines.next().unwrap_or("");
-    let version = first.strip_prefix(MAGIC_LINE).map(str::trim).ok_or_else(|| bad("bad magic record"))?;
+    let version =
+        first.strip_prefix(MAGIC_LINE).and_then(|v| v.strip_prefix(' ')).ok_or_else(|| bad("bad magic record"))?;
     if version != VERSION.to_string() {
         return Err(bad(format!("unsupported version {version:?} (this build reads {VERSION})")));
     }
@@ -199,6 +202,9 @@ impl<'s> Rebuild<'s> {
     fn read_table(&mut self, size: u64, content: u64) -> Result<VecDeque<(ChunkId, u32, bool)>> {
         let head = self.read_content(4, 4, "chunk table")?;
         let n = u32::from_le_bytes(head.try_into().expect("4 bytes")) as u64;
+        if n > MAX_TABLE_ROWS {
+            return Err(bad(format!("chunk table of {n} rows is over the {MAX_TABLE_ROWS}-row limit")));
+        }
         if 4 + n * TABLE_ROW > content {
             return Err(bad("chunk table is longer than its entry"));
         }
@@ -479,5 +485,48 @@ struct DecodeErr<R>(R);
 impl<R: Read> Read for DecodeErr<R> {
     fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
         self.0.read(b).map_err(|e| bad(format!("corrupt or truncated zstd stream: {e}")).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ClientId, DiffOptions};
+
+    #[test]
+    fn magic_first_line_is_exact() {
+        let rest = "layer sha256:".to_string() + &"ab".repeat(32) + "\ntar-size 1\nchunker 16384 65536 262144\n";
+        assert!(parse_magic(format!("chunkstore-dedup-tar 1\n{rest}").as_bytes()).is_ok());
+        for first in ["chunkstore-dedup-tar1", "chunkstore-dedup-tar  1", "chunkstore-dedup-tar 2", "x 1"] {
+            assert!(parse_magic(format!("{first}\n{rest}").as_bytes()).is_err(), "{first:?} accepted");
+        }
+    }
+
+    /// A layer whose one raw run is longer than the old 18 MiB limit (37,000
+    /// directories in a row) still travels: raw entries are bounded by the
+    /// recipe's raw item limit, not the tail's.
+    #[test]
+    fn long_raw_run_applies() {
+        let mut b = tar::Builder::new(Vec::new());
+        for i in 0..37_000 {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+            h.set_cksum();
+            b.append_data(&mut h, format!("d{i:06}/"), &[][..]).unwrap();
+        }
+        let tar = b.into_inner().unwrap();
+        let (hub_dir, edge_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let hub = Store::open(hub_dir.path()).unwrap();
+        let id = hub.ingest(&tar[..], &IngestOptions::default()).unwrap().layer.id;
+        let c = ClientId::new("edge").unwrap();
+        hub.add_client(&c).unwrap();
+        let mut dtar = Vec::new();
+        hub.write_dedup_tar(&hub.diff_with(&c, &id, DiffOptions { deltas: true }).unwrap(), &mut dtar).unwrap();
+        let edge = Store::open(edge_dir.path()).unwrap();
+        assert!(matches!(edge.apply(&dtar[..], &IngestOptions::default()).unwrap(), ApplyOutcome::Applied(_)));
+        let mut back = Vec::new();
+        edge.export(&id, &mut back).unwrap();
+        assert!(back == tar);
     }
 }

@@ -27,6 +27,10 @@ pub(crate) const MAGIC_LINE: &str = "chunkstore-dedup-tar";
 pub(crate) const VERSION: u32 = 1;
 /// Size of one chunk-table row: chunk id, length u32, carried flag u8.
 pub(crate) const TABLE_ROW: u64 = 37;
+/// Most rows a chunk table may have, so a hostile table cannot exhaust memory
+/// (a file of at least 64 GiB at the default chunker sizes); a file with more
+/// chunks travels whole instead.
+pub(crate) const MAX_TABLE_ROWS: u64 = 1 << 22;
 pub(crate) const END_BYTES: u64 = 1024;
 /// Largest size a ustar octal field holds; bigger entries get a PAX size record.
 const USTAR_MAX: u64 = (1 << 33) - 1;

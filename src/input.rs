@@ -160,7 +160,7 @@ pub(crate) fn open<'a, R: Read + 'a>(mut r: R, counter: Arc<AtomicU64>) -> Resul
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("reading input", e)),
+            Err(e) => return Err(crate::error::from_io(e, "reading input")),
         }
     }
     let head_bytes = head[..n].to_vec();

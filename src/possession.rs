@@ -290,6 +290,16 @@ impl Store {
         Ok(())
     }
 
+    /// Replace what a client holds with exactly these layers (its own report).
+    pub fn set_possession(&self, c: &ClientId, layers: &[LayerId]) -> Result<()> {
+        let current = self.client(c)?.layers;
+        let gone: Vec<LayerId> = current.iter().filter(|l| !layers.contains(l)).copied().collect();
+        if !gone.is_empty() {
+            self.evict(c, &gone)?;
+        }
+        self.hold(c, layers)
+    }
+
     /// Record that a client no longer holds these layers; its file and chunk
     /// sets are rebuilt from the layers it still holds.
     pub fn evict(&self, c: &ClientId, layers: &[LayerId]) -> Result<()> {
@@ -382,8 +392,11 @@ impl Store {
                         held += *len as u64;
                     }
                 }
-                // A chunk list costs its table; only worth it when it saves bytes.
-                if held > crate::dedup::chunk_table_bytes(r.chunks.len()) {
+                // A chunk list costs its table; only worth it when it saves bytes
+                // (and a table past the row limit would not apply).
+                if held > crate::dedup::chunk_table_bytes(r.chunks.len())
+                    && r.chunks.len() as u64 <= crate::dedup::MAX_TABLE_ROWS
+                {
                     d.state = FileState::Partial;
                     d.carried = mask;
                     (d.held_bytes, d.carried_bytes, d.carried_chunks) = (held, carried, n);

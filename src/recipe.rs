@@ -12,7 +12,7 @@ const TAG_RAW: u8 = 1;
 const TAG_FILE: u8 = 2;
 const TAG_DATA: u8 = 3;
 /// Bounds on what a recipe may declare, so a damaged one cannot exhaust memory.
-const MAX_RAW: u32 = 32 << 20;
+pub(crate) const MAX_RAW: u32 = 32 << 20;
 const MAX_PATH: u32 = 1 << 20;
 
 /// One step of a layer rebuild.
