@@ -65,7 +65,12 @@ impl Possession {
         for _ in 0..2 {
             let len = u32::from_le_bytes(take(&mut rest, 4)?.try_into().expect("4 bytes")) as usize;
             let bytes = take(&mut rest, len)?;
-            sets.push(RoaringBitmap::deserialize_from(&bytes[..]).map_err(|_| bad())?);
+            // The bitmap must fill exactly its declared length.
+            let mut cur = &bytes[..];
+            sets.push(RoaringBitmap::deserialize_from(&mut cur).map_err(|_| bad())?);
+            if !cur.is_empty() {
+                return Err(bad());
+            }
         }
         if !rest.is_empty() {
             return Err(bad());
@@ -520,6 +525,14 @@ mod tests {
         let b = p.encode();
         assert_eq!(Possession::decode(&b).unwrap(), p);
         assert!(Possession::decode(&b[..b.len() - 1]).is_err());
+        // A bitmap shorter than its declared length (a stray byte after it) is refused.
+        let files_len = b.len() - 4 - p.chunks.serialized_size() - 4 - 37;
+        let mut padded = b[..37].to_vec();
+        padded.extend_from_slice(&(files_len as u32 + 1).to_le_bytes());
+        padded.extend_from_slice(&b[41..41 + files_len]);
+        padded.push(0);
+        padded.extend_from_slice(&b[41 + files_len..]);
+        assert!(Possession::decode(&padded).is_err());
         // Runs compress: a thousand consecutive files cost a few bytes.
         assert!(b.len() < 100, "{}", b.len());
     }
