@@ -189,7 +189,11 @@ impl<R: Read> TarSplitter<R> {
                 b'1' | b'2' | b'3' | b'4' | b'5' | b'6' => None,
                 _ => (size > 0).then_some(ContentKind::Data),
             };
-            let Some(kind) = kind else { continue };
+            let Some(kind) = kind else {
+                // Extension records apply to the one entry after them, data or not.
+                pending = Pending::default();
+                continue;
+            };
             let path = pending.path.take().unwrap_or_else(|| header_path(&h));
             self.remaining = size;
             self.pad = padding(size);
@@ -421,6 +425,23 @@ mod tests {
         t[512 + 512 + 10] ^= 1; // second header's name
         let e = resplit(&t).unwrap_err();
         assert!(e.to_string().contains("checksum mismatch at offset 1024"), "{e}");
+    }
+
+    #[test]
+    fn extension_records_apply_to_the_next_entry_only() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_size(0);
+        b.append_pax_extensions([("path", &b"a-long-directory-name/"[..])]).unwrap();
+        b.append_data(&mut h, "d/", &[][..]).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_size(2);
+        b.append_data(&mut h, "f.txt", &b"hi"[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let mut s = TarSplitter::new(&tar[..]);
+        let c = s.next(&mut Vec::new()).unwrap().unwrap();
+        assert_eq!((c.path.as_slice(), c.size), (&b"f.txt"[..], 2));
     }
 
     #[test]
