@@ -26,6 +26,9 @@ const MAX_MAGIC: u64 = 64 * 1024;
 /// Largest raw entry: the writer emits one per recipe raw item, which may be
 /// this long (a run of many header-only entries, or the tail).
 const MAX_RAW: u64 = crate::recipe::MAX_RAW as u64;
+/// Most header bytes before one entry's content: a PAX record set and a
+/// header or two (header-only entries are refused, but only once read).
+const MAX_HEADERS: u64 = crate::tarsplit::MAX_EXTENSION + 8 * 512;
 
 /// Something a dedup tarball referenced that this store does not hold.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -112,7 +115,10 @@ enum Kind {
 fn parse_name(name: &[u8]) -> Result<Kind> {
     let name = std::str::from_utf8(name).map_err(|_| bad("entry name is not UTF-8"))?;
     let parts: Vec<&str> = name.split('/').collect();
-    let size = |s: &str| s.parse::<u64>().map_err(|_| bad(format!("bad size in entry {name:?}")));
+    let size = |s: &str| {
+        let digits = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        digits.then(|| s.parse::<u64>().ok()).flatten().ok_or_else(|| bad(format!("bad size in entry {name:?}")))
+    };
     Ok(match parts[..] {
         [MAGIC_NAME] => Kind::Magic,
         ["raw"] => Kind::Raw,
@@ -442,7 +448,7 @@ impl Store {
         let tx = self.db.begin_read()?;
         let mut rb = Rebuild {
             store: self,
-            split: TarSplitter::new(decoded),
+            split: TarSplitter::new(decoded).with_header_limit(MAX_HEADERS),
             entries_seen: 0,
             files: tx.open_table(FILES)?,
             chunks: tx.open_table(CHUNKS)?,

@@ -52,11 +52,31 @@ pub(crate) struct TarSplitter<R> {
     region_size: u64,
     done: bool,
     entries: u64,
+    /// Most header bytes one `next` call may gather (see [`TarSplitter::with_header_limit`]).
+    header_limit: u64,
 }
 
 impl<R: Read> TarSplitter<R> {
     pub fn new(inner: R) -> Self {
-        TarSplitter { inner, pos: 0, remaining: 0, pad: 0, region_start: 0, region_size: 0, done: false, entries: 0 }
+        TarSplitter {
+            inner,
+            pos: 0,
+            remaining: 0,
+            pad: 0,
+            region_start: 0,
+            region_size: 0,
+            done: false,
+            entries: 0,
+            header_limit: u64::MAX,
+        }
+    }
+
+    /// Refuse more than `limit` bytes of headers (header-only entries and
+    /// extension records) before one content region. A layer may have any
+    /// number; a dedup tarball, whose entries all carry data, a few.
+    pub fn with_header_limit(mut self, limit: u64) -> Self {
+        self.header_limit = limit;
+        self
     }
 
     /// Real entries seen so far (extension headers not counted).
@@ -114,9 +134,16 @@ impl<R: Read> TarSplitter<R> {
             return Ok(None);
         }
         let mut pending = Pending::default();
+        let start = raw.len();
         loop {
             let hstart = raw.len();
             let at = self.pos;
+            if (hstart - start) as u64 > self.header_limit {
+                return Err(Error::invalid(format!(
+                    "more than {} bytes of headers before the entry at offset {at}",
+                    self.header_limit
+                )));
+            }
             let n = {
                 raw.resize(hstart + BLOCK, 0);
                 let mut block = [0u8; BLOCK];
@@ -442,6 +469,21 @@ mod tests {
         let mut s = TarSplitter::new(&tar[..]);
         let c = s.next(&mut Vec::new()).unwrap().unwrap();
         assert_eq!((c.path.as_slice(), c.size), (&b"f.txt"[..], 2));
+    }
+
+    #[test]
+    fn header_limit_bounds_header_only_runs() {
+        let mut b = tar::Builder::new(Vec::new());
+        for i in 0..10 {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+            b.append_data(&mut h, format!("d{i}/"), &[][..]).unwrap();
+        }
+        let tar = b.into_inner().unwrap();
+        assert!(TarSplitter::new(&tar[..]).next(&mut Vec::new()).unwrap().is_none());
+        let e = TarSplitter::new(&tar[..]).with_header_limit(4 * 512).next(&mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("bytes of headers"), "{e}");
     }
 
     #[test]
