@@ -206,6 +206,9 @@ impl<'s> Rebuild<'s> {
 
     /// Read a chunk table entry; `size` is the file size it must add up to.
     fn read_table(&mut self, size: u64, content: u64) -> Result<VecDeque<(ChunkId, u32, bool)>> {
+        if content < 4 {
+            return Err(bad("chunk table is longer than its entry"));
+        }
         let head = self.read_content(4, 4, "chunk table")?;
         let n = u32::from_le_bytes(head.try_into().expect("4 bytes")) as u64;
         if n > MAX_TABLE_ROWS {
@@ -276,6 +279,8 @@ impl<'s> Rebuild<'s> {
                             Some(_) => return Err(bad(format!("chunk {cid} has another length here"))),
                             None => {
                                 self.note_missing("chunk", cid.to_string(), len as u64);
+                                // The table's other rows (and carried bytes) are drained too.
+                                self.cur = Some(Cur::Chunks { id, rows, hasher });
                                 return self.drain();
                             }
                         }
@@ -354,6 +359,17 @@ impl<'s> Rebuild<'s> {
     /// After something is missing: walk the rest of the tarball, checking its
     /// structure and noting every other missing reference, then stop.
     fn drain(&mut self) -> Result<bool> {
+        match self.drain_rest() {
+            Ok(()) => Err(Error::new(ErrorKind::NotFound, "dedup tarball references data this store lacks")),
+            Err(e) => {
+                // A damaged tarball is an error, not a (necessarily incomplete) list of what is missing.
+                self.missing.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                Err(e)
+            }
+        }
+    }
+
+    fn drain_rest(&mut self) -> Result<()> {
         let pending = self.cur.take();
         if let Some(Cur::Chunks { rows, .. }) = pending {
             self.drain_rows(rows)?;
@@ -388,7 +404,7 @@ impl<'s> Rebuild<'s> {
                 }
             }
         }
-        Err(Error::new(ErrorKind::NotFound, "dedup tarball references data this store lacks"))
+        Ok(())
     }
 
     fn drain_rows(&mut self, rows: VecDeque<(ChunkId, u32, bool)>) -> Result<()> {
