@@ -4,6 +4,7 @@
 mod bad_input;
 mod common;
 mod crash;
+mod dedup;
 mod golden;
 mod props;
 mod roundtrip;

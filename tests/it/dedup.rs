@@ -1,0 +1,1421 @@
+//! Possession maps, per-client diffs and dedup tarballs, end to end: a hub
+//! store keeps what each client holds (`client`), `diff` says what a layer
+//! would cost one client, `pack` writes the dedup tarball for it, and `apply`
+//! on a separate edge store rebuilds the layer byte for byte, or refuses
+//! without recording anything: exit 3 when it lacks referenced data (listing
+//! exactly what), exit 1 for a damaged or hostile tarball.
+//!
+//! Layers are made here with GNU tar (and Python's `tarfile` for hostile
+//! names); hostile tarballs by decompressing a real one with `zstd -d`,
+//! editing its entries, and compressing again.
+
+use crate::common::{cs, cs_json, cs_ok, sha256_hex};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+// ---------------------------------------------------------------- fixtures
+
+/// Deterministic pseudo-random bytes (xorshift64): files share content only
+/// where a test means them to.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+/// A FileId / ChunkId as the command prints it.
+fn blake(data: &[u8]) -> String {
+    format!("blake3:{}", blake3::hash(data).to_hex())
+}
+
+fn diff_id(data: &[u8]) -> String {
+    format!("sha256:{}", sha256_hex(data))
+}
+
+/// Run a program in `dir`, require success, return stdout.
+fn run(dir: &Path, prog: &str, args: &[&str]) -> Vec<u8> {
+    let o = Command::new(prog).args(args).current_dir(dir).output().unwrap_or_else(|e| panic!("running {prog}: {e}"));
+    assert!(o.status.success(), "{prog} {args:?} failed ({}): {}", o.status, String::from_utf8_lossy(&o.stderr));
+    o.stdout
+}
+
+/// Write `files` (path, content) and `links` (path, target) under a fresh
+/// `root` and tar it with GNU tar, deterministically; returns the tar.
+fn gnu_tar(root: &Path, files: &[(&str, &[u8])], links: &[(&str, &str)], out: &Path) -> Vec<u8> {
+    std::fs::create_dir_all(root).unwrap();
+    for (p, data) in files {
+        let p = root.join(p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, data).unwrap();
+    }
+    for (p, target) in links {
+        std::os::unix::fs::symlink(target, root.join(p)).unwrap();
+    }
+    run(
+        root,
+        "tar",
+        &[
+            "--sort=name",
+            "--format=gnu",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "--mtime=@1700000000",
+            "--mode=u+rw,go+r",
+            "-cf",
+            out.to_str().unwrap(),
+            ".",
+        ],
+    );
+    std::fs::read(out).unwrap()
+}
+
+const BIG: usize = 1_600_000;
+/// Where the updated layer's big file differs from the base's (4 bytes).
+const BIG_EDIT: usize = 800_000;
+
+/// File contents of the two layers.
+struct Contents {
+    os_v1: Vec<u8>,
+    os_v2: Vec<u8>,
+    tool: Vec<u8>,
+    libx: Vec<u8>,
+    readme: Vec<u8>,
+    big_v1: Vec<u8>,
+    big_v2: Vec<u8>,
+    new: Vec<u8>,
+}
+
+impl Contents {
+    fn new() -> Self {
+        let big_v1 = noise(BIG, 5);
+        let mut big_v2 = big_v1.clone();
+        for b in &mut big_v2[BIG_EDIT..BIG_EDIT + 4] {
+            *b ^= 0x5a;
+        }
+        Contents {
+            os_v1: noise(300, 1),
+            os_v2: noise(310, 11),
+            tool: noise(40_000, 2),
+            libx: noise(150_000, 3),
+            readme: noise(2_000, 4),
+            big_v1,
+            big_v2,
+            new: noise(7_000, 12),
+        }
+    }
+}
+
+struct Layer {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    id: String,
+}
+
+impl Layer {
+    /// A unique prefix of the digest, as a user would type it.
+    fn prefix(&self) -> &str {
+        &self.id["sha256:".len().."sha256:".len() + 12]
+    }
+}
+
+/// A hub holding the base layer A and the updated layer B, and an empty edge.
+struct Fx {
+    dir: tempfile::TempDir,
+    hub: PathBuf,
+    edge: PathBuf,
+    c: Contents,
+    a: Layer,
+    b: Layer,
+}
+
+/// Layer A (base): 7 content items, 6 distinct (two copies of the readme),
+/// one of them empty. Layer B (update) shares tool, libx, readme (twice) and
+/// the empty file, has a new os-release and a new file, and a copy of the big
+/// file with four bytes changed in the middle, under another name (so `pack`
+/// finds no delta base for it and sends the changed chunks).
+fn fixture() -> Fx {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Contents::new();
+    let d = dir.path();
+    let a_files: Vec<(&str, &[u8])> = vec![
+        ("etc/os-release", &c.os_v1),
+        ("bin/tool", &c.tool),
+        ("lib/libx.so", &c.libx),
+        ("share/doc/readme", &c.readme),
+        ("share/doc/readme-copy", &c.readme),
+        ("empty", b""),
+        ("big.bin", &c.big_v1),
+    ];
+    let b_files: Vec<(&str, &[u8])> = vec![
+        ("etc/os-release", &c.os_v2),
+        ("bin/tool", &c.tool),
+        ("lib/libx.so", &c.libx),
+        ("share/doc/readme", &c.readme),
+        ("share/doc/readme-copy", &c.readme),
+        ("empty", b""),
+        ("big-v2.bin", &c.big_v2),
+        ("opt/new.dat", &c.new),
+    ];
+    let links = [("link", "bin/tool")];
+    let layer = |name: &str, files: &[(&str, &[u8])]| {
+        let path = d.join(format!("{name}.tar"));
+        let bytes = gnu_tar(&d.join(format!("tree-{name}")), files, &links, &path);
+        Layer { id: diff_id(&bytes), path, bytes }
+    };
+    let a = layer("a", &a_files);
+    let b = layer("b", &b_files);
+    let hub = d.join("hub");
+    let edge = d.join("edge");
+    let v = cs_json(&hub, &["ingest", a.path.to_str().unwrap(), b.path.to_str().unwrap()]);
+    assert_eq!(v[0]["id"], a.id.as_str(), "{v}");
+    assert_eq!(v[1]["id"], b.id.as_str(), "{v}");
+    Fx { dir, hub, edge, c, a, b }
+}
+
+impl Fx {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `pack --json --client CLIENT LAYER -o NAME` on the hub; the summary and the file.
+    fn pack(&self, client: &str, layer: &str, name: &str, extra: &[&str]) -> (Value, PathBuf) {
+        let out = self.path(name);
+        let mut args = vec!["pack", "--client", client, layer, "-o", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        (cs_json(&self.hub, &args), out)
+    }
+}
+
+fn diff_summary(hub: &Path, client: &str, layer: &str) -> Value {
+    let v = cs_json(hub, &["diff", "--client", client, layer]);
+    v["summary"].clone()
+}
+
+fn client_show(hub: &Path, client: &str) -> Value {
+    cs_json(hub, &["client", "show", client])
+}
+
+fn layer_ids(store: &Path) -> Vec<String> {
+    let v = cs_json(store, &["ls"]);
+    v.as_array().expect("ls --json is an array").iter().map(|l| l["id"].as_str().unwrap().to_string()).collect()
+}
+
+fn count_files(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    rd.map(|e| e.unwrap().path()).map(|p| if p.is_dir() { count_files(&p) } else { 1 }).sum()
+}
+
+fn verify_clean(store: &Path, full: bool) {
+    let args: &[&str] = if full { &["verify", "--full"] } else { &["verify"] };
+    let r = cs_json(store, args);
+    assert_eq!(r["damaged"], json!([]), "{args:?}: {r}");
+}
+
+/// The layer's bytes as the store exports them.
+fn export(store: &Path, id: &str) -> Vec<u8> {
+    let o = cs(store, &["export", id, "-o", "-"]);
+    assert!(o.status.success(), "export {id}: {}", String::from_utf8_lossy(&o.stderr));
+    o.stdout
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `apply --json FILE` on `store`, run from `cwd`.
+fn apply_in(cwd: &Path, store: &Path, file: &Path) -> Output {
+    Command::new(crate::common::bin())
+        .arg("--store")
+        .arg(store)
+        .args(["--json", "apply"])
+        .arg(file)
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+/// Apply and require success; returns the JSON outcome.
+fn apply_ok(store: &Path, file: &Path) -> Value {
+    let o = apply_in(store.parent().unwrap(), store, file);
+    assert!(o.status.success(), "apply {} failed ({}): {}", file.display(), o.status, stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["outcome"], "applied", "{v}");
+    v
+}
+
+/// Apply expecting exit 3; returns the JSON outcome and stderr.
+fn apply_missing(store: &Path, file: &Path) -> (Value, String) {
+    let o = apply_in(store.parent().unwrap(), store, file);
+    let err = stderr(&o);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(o.status.code(), Some(3), "apply {}: want exit 3; stderr:\n{err}", file.display());
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["outcome"], "missing", "{v}");
+    (v, err)
+}
+
+/// One item of apply's `missing` list: kind, id, size.
+type Missing = (String, String, u64);
+
+/// The `missing` list, requiring each item once.
+fn missing_set(v: &Value) -> BTreeSet<Missing> {
+    let list = v["missing"].as_array().expect("missing list");
+    let set: BTreeSet<_> = list
+        .iter()
+        .map(|m| {
+            (
+                m["kind"].as_str().unwrap().to_string(),
+                m["id"].as_str().unwrap().to_string(),
+                m["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(set.len(), list.len(), "an item is listed twice: {v}");
+    set
+}
+
+// ------------------------------------------- the dedup tarball, taken apart
+
+/// One entry of a dedup tarball's (uncompressed) tar stream.
+#[derive(Clone, Debug)]
+struct Entry {
+    name: String,
+    data: Vec<u8>,
+}
+
+fn e(name: impl Into<String>, data: impl Into<Vec<u8>>) -> Entry {
+    Entry { name: name.into(), data: data.into() }
+}
+
+fn cstr(b: &[u8]) -> String {
+    String::from_utf8(b.iter().take_while(|&&c| c != 0).copied().collect()).unwrap()
+}
+
+/// Decompress with the `zstd` command (a reader other than ours).
+fn zstd_d(file: &Path) -> Vec<u8> {
+    run(file.parent().unwrap(), "zstd", &["-d", "-q", "-c", file.to_str().unwrap()])
+}
+
+fn zstd_c(raw: &[u8]) -> Vec<u8> {
+    zstd::stream::encode_all(raw, 3).unwrap()
+}
+
+/// Parse a dedup tarball's tar stream (ustar, regular files only).
+fn untar(raw: &[u8]) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    loop {
+        let h = &raw[off..off + 512];
+        if h.iter().all(|&b| b == 0) {
+            assert_eq!(raw.len(), off + 1024, "end marker then nothing");
+            return out;
+        }
+        assert_eq!(h[156], b'0', "regular entries only");
+        let (name, prefix) = (cstr(&h[..100]), cstr(&h[345..500]));
+        let name = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let size = usize::from_str_radix(cstr(&h[124..136]).trim(), 8).unwrap();
+        out.push(e(name, &raw[off + 512..off + 512 + size]));
+        off += 512 + size.div_ceil(512) * 512;
+    }
+}
+
+/// A ustar header; names over 100 bytes split at a `/`.
+fn header(name: &str, size: u64, typeflag: u8) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    let (prefix, base) = match name.len() {
+        0..=100 => ("", name),
+        n => {
+            let i = (n - 101..n).find(|&i| name.as_bytes()[i] == b'/').expect("a / to split at");
+            (&name[..i], &name[i + 1..])
+        }
+    };
+    h[..base.len()].copy_from_slice(base.as_bytes());
+    h[345..345 + prefix.len()].copy_from_slice(prefix.as_bytes());
+    h[100..108].copy_from_slice(b"0000644\0");
+    h[108..116].copy_from_slice(b"0000000\0");
+    h[116..124].copy_from_slice(b"0000000\0");
+    let field = if size < 1 << 33 { size } else { 0 };
+    h[124..136].copy_from_slice(format!("{field:011o}\0").as_bytes());
+    h[136..148].copy_from_slice(b"00000000000\0");
+    h[156] = typeflag;
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&c| c as u32).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h
+}
+
+/// Give a ustar header another name, fixing its checksum.
+fn rename_header(h: &mut [u8], name: &str) {
+    h[..100].fill(0);
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h[..512].iter().map(|&c| c as u32).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+}
+
+fn put_entry(out: &mut Vec<u8>, name: &str, data: &[u8]) {
+    out.extend_from_slice(&header(name, data.len() as u64, b'0'));
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+}
+
+/// A PAX header declaring `size`, then an entry header (content not written).
+fn put_pax_size(out: &mut Vec<u8>, name: &str, size: u64) {
+    let body = format!(" size={size}\n");
+    let mut len = body.len() + 1;
+    while len.to_string().len() + body.len() != len {
+        len += 1;
+    }
+    let rec = format!("{len}{body}");
+    put_entry_typed(out, "PaxHeader", rec.as_bytes(), b'x');
+    out.extend_from_slice(&header(name, size, b'0'));
+}
+
+fn put_entry_typed(out: &mut Vec<u8>, name: &str, data: &[u8], typeflag: u8) {
+    out.extend_from_slice(&header(name, data.len() as u64, typeflag));
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+}
+
+/// Entries back into a tar stream, with the end marker.
+fn tar_of(entries: &[Entry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for x in entries {
+        put_entry(&mut out, &x.name, &x.data);
+    }
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+/// One row of a `chunks/` entry's table.
+#[derive(Clone, Debug, PartialEq)]
+struct Row {
+    id: String,
+    len: u32,
+    carried: bool,
+}
+
+/// A `chunks/` entry: its table and the carried bytes after it.
+fn parse_table(data: &[u8]) -> (Vec<Row>, &[u8]) {
+    let n = u32::from_le_bytes(data[..4].try_into().unwrap()) as usize;
+    let rows = data[4..4 + 37 * n]
+        .chunks_exact(37)
+        .map(|r| Row {
+            id: format!("blake3:{}", hex::encode(&r[..32])),
+            len: u32::from_le_bytes(r[32..36].try_into().unwrap()),
+            carried: match r[36] {
+                0 => false,
+                1 => true,
+                x => panic!("carried flag {x}"),
+            },
+        })
+        .collect();
+    (rows, &data[4 + 37 * n..])
+}
+
+/// Check a chunk table against the file it describes (row ids are the hashes
+/// of consecutive slices, carried bytes are those slices); returns the rows.
+fn check_table(data: &[u8], file: &[u8]) -> Vec<Row> {
+    let (rows, mut carried) = parse_table(data);
+    let mut off = 0;
+    for r in &rows {
+        let slice = &file[off..off + r.len as usize];
+        assert_eq!(r.id, blake(slice), "row at offset {off}");
+        if r.carried {
+            assert!(carried[..r.len as usize] == *slice, "carried chunk at {off} is not the file's bytes");
+            carried = &carried[r.len as usize..];
+        }
+        off += r.len as usize;
+    }
+    assert_eq!(off, file.len(), "table covers the file");
+    assert!(carried.is_empty(), "bytes after the carried chunks");
+    rows
+}
+
+// ----------------------------------------------------------------- clients
+
+#[test]
+fn client_names_are_checked_and_unique() {
+    let fx = fixture();
+    let hub = &fx.hub;
+    for bad in ["Edge", "-x", &"a".repeat(65), "a/b", ""] {
+        let o = cs(hub, &["client", "add", "--", bad]);
+        assert_eq!(o.status.code(), Some(1), "{bad:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("invalid client name"), "{bad:?}: {}", stderr(&o));
+    }
+    // Without `--`, `-x` is an unknown option: a usage error.
+    assert_eq!(cs(hub, &["client", "add", "-x"]).status.code(), Some(2));
+    let ok64 = "a".repeat(64);
+    let added = cs_json(hub, &["client", "add", &ok64]);
+    assert_eq!(added["name"], ok64.as_str());
+    cs_ok(hub, &["client", "add", "edge-1.b_c"]);
+    let o = cs(hub, &["client", "add", "edge-1.b_c"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+    let names: Vec<Value> =
+        cs_json(hub, &["client", "ls"]).as_array().unwrap().iter().map(|c| c["name"].clone()).collect();
+    assert_eq!(names, vec![json!(ok64), json!("edge-1.b_c")]);
+    assert!(cs_ok(hub, &["client", "ls"]).contains("edge-1.b_c"));
+}
+
+#[test]
+fn client_hold_show_drop_rm() {
+    let fx = fixture();
+    let hub = &fx.hub;
+    let (a, b) = (&fx.a, &fx.b);
+    let fresh = cs_json(hub, &["client", "add", "edge"]);
+    assert_eq!(
+        fresh,
+        json!({"name": "edge", "layers": [], "files": 0, "chunks": 0, "layer_bytes": 0, "record_bytes": fresh["record_bytes"]})
+    );
+
+    // Hold by prefix, with and without `sha256:`; holding twice is a no-op.
+    let held_a = cs_json(hub, &["client", "hold", "edge", a.prefix()]);
+    assert_eq!(held_a["layers"], json!([a.id]));
+    // A: os-release, tool, libx, readme (twice), empty, big: 6 distinct files.
+    assert_eq!(held_a["files"], 6, "{held_a}");
+    assert_eq!(held_a["layer_bytes"], a.bytes.len() as u64);
+    let chunks_a = held_a["chunks"].as_u64().unwrap();
+    // One chunk per small file (the empty one has none), ~25 for the 1.6 MB file.
+    assert!((5 + 10..5 + 60).contains(&chunks_a), "{held_a}");
+    let again = cs_json(hub, &["client", "hold", "edge", &format!("sha256:{}", a.prefix())]);
+    assert_eq!(again, held_a);
+    assert_eq!(client_show(hub, "edge"), held_a);
+    // B's new chunks: os-release v2, new, and the big file's changed chunk(s).
+    let big_carried =
+        cs_json(hub, &["diff", "--client", "edge", &b.id, "--files"])["files"][0]["carried_chunks"].as_u64().unwrap();
+
+    // Holding B too: 9 distinct files (B adds os-release v2, big v2, new).
+    let both = cs_json(hub, &["client", "hold", "edge", b.prefix()]);
+    assert_eq!(both["layers"], json!([a.id, b.id]));
+    assert_eq!(both["files"], 9);
+    assert_eq!(both["layer_bytes"], (a.bytes.len() + b.bytes.len()) as u64);
+
+    // What holding B alone means, on another client.
+    cs_ok(hub, &["client", "add", "only-b"]);
+    let only_b = cs_json(hub, &["client", "hold", "only-b", &b.id]);
+    assert_eq!(only_b["files"], 7);
+    let chunks_b = only_b["chunks"].as_u64().unwrap();
+    assert_eq!(both["chunks"].as_u64(), Some(chunks_a + 2 + big_carried), "{both}");
+
+    // `client ls --json`: one object per client, same shape as show.
+    let ls = cs_json(hub, &["client", "ls"]);
+    let ls: BTreeMap<String, Value> =
+        ls.as_array().unwrap().iter().map(|c| (c["name"].as_str().unwrap().to_string(), c.clone())).collect();
+    assert_eq!(ls["edge"], both);
+    assert_eq!(ls["only-b"], only_b);
+
+    // Drop A: the files and chunks A shares with B stay held.
+    let dropped = cs_json(hub, &["client", "drop", "edge", a.prefix()]);
+    assert_eq!(dropped["layers"], json!([b.id]));
+    assert_eq!(dropped["files"], 7);
+    assert_eq!(dropped["chunks"], chunks_b);
+    assert_eq!(dropped["layer_bytes"], b.bytes.len() as u64);
+    let s = diff_summary(hub, "edge", &b.id);
+    assert_eq!((s["held_files"].as_u64(), s["carried_bytes"].as_u64()), (Some(8), Some(0)), "{s}");
+    let s = diff_summary(hub, "edge", &a.id);
+    // A against B's holdings: tool, libx, readme x2, empty held; big partly; os-release v1 missing.
+    assert_eq!(
+        (s["held_files"].as_u64(), s["partial_files"].as_u64(), s["missing_files"].as_u64()),
+        (Some(5), Some(1), Some(1)),
+        "{s}"
+    );
+
+    // Dropping a layer it does not hold is an error and changes nothing.
+    let o = cs(hub, &["client", "drop", "edge", &a.id]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("does not hold"), "{}", stderr(&o));
+    assert_eq!(client_show(hub, "edge"), dropped);
+
+    // Holding a layer the hub lacks is an error and changes nothing.
+    let unknown = "sha256:".to_string() + &"0".repeat(64);
+    let unknown_prefix = (0..16u8)
+        .map(|i| format!("{i:x}{i:x}{i:x}{i:x}{i:x}{i:x}"))
+        .find(|p| !a.id[7..].starts_with(p.as_str()) && !b.id[7..].starts_with(p.as_str()))
+        .unwrap();
+    for l in [unknown.as_str(), unknown_prefix.as_str()] {
+        let o = cs(hub, &["client", "hold", "edge", l]);
+        assert_eq!(o.status.code(), Some(1), "{l}");
+        assert!(stderr(&o).contains("no layer matches"), "{}", stderr(&o));
+    }
+    assert_eq!(client_show(hub, "edge"), dropped);
+    // A client that does not exist.
+    for args in
+        [&["client", "hold", "nobody", a.prefix()][..], &["client", "show", "nobody"], &["client", "rm", "nobody"]]
+    {
+        let o = cs(hub, args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&o).contains("no client named nobody"), "{args:?}: {}", stderr(&o));
+    }
+
+    // Drop the last layer: nothing held.
+    let empty = cs_json(hub, &["client", "drop", "edge", &b.id]);
+    assert_eq!(
+        (empty["files"].as_u64(), empty["chunks"].as_u64(), empty["layer_bytes"].as_u64()),
+        (Some(0), Some(0), Some(0))
+    );
+
+    // rm: gone from ls, show and diff fail.
+    assert_eq!(cs_json(hub, &["client", "rm", "edge"]), json!({"removed": "edge"}));
+    let names: Vec<Value> =
+        cs_json(hub, &["client", "ls"]).as_array().unwrap().iter().map(|c| c["name"].clone()).collect();
+    assert_eq!(names, vec![json!("only-b")]);
+    assert_eq!(cs(hub, &["client", "show", "edge"]).status.code(), Some(1));
+    assert_eq!(cs(hub, &["diff", "--client", "edge", &b.id]).status.code(), Some(1));
+    // The name can be registered again, holding nothing.
+    assert_eq!(cs_json(hub, &["client", "add", "edge"])["files"], 0);
+}
+
+// -------------------------------------------------------------------- diff
+
+#[test]
+fn diff_counts_and_tar_bytes() {
+    let fx = fixture();
+    let hub = &fx.hub;
+    let c = &fx.c;
+    cs_ok(hub, &["client", "add", "bare"]);
+    cs_ok(hub, &["client", "add", "edge"]);
+    cs_ok(hub, &["client", "hold", "edge", fx.a.prefix()]);
+
+    // Nothing held: every item missing, every byte carried.
+    let a_sizes = [c.os_v1.len(), c.tool.len(), c.libx.len(), c.readme.len(), c.readme.len(), 0, BIG];
+    let a_bytes: u64 = a_sizes.iter().sum::<usize>() as u64;
+    let s = diff_summary(hub, "bare", &fx.a.id);
+    let want = json!({
+        "files": 7, "held_files": 0, "held_bytes": 0, "partial_files": 0, "partial_held_bytes": 0,
+        "partial_carried_bytes": 0, "missing_files": 7, "missing_bytes": a_bytes, "carried_bytes": a_bytes,
+        "layer_bytes": fx.a.bytes.len(),
+    });
+    for (k, v) in want.as_object().unwrap() {
+        assert_eq!(&s[k], v, "{k}: {s}");
+    }
+
+    // Its own layer: everything held.
+    let s = diff_summary(hub, "edge", &fx.a.id);
+    assert_eq!(
+        (s["held_files"].as_u64(), s["held_bytes"].as_u64(), s["carried_bytes"].as_u64()),
+        (Some(7), Some(a_bytes), Some(0))
+    );
+
+    // B against A: 5 held (tool, libx, readme x2, empty), big partly, os-release and new missing.
+    let s = diff_summary(hub, "edge", &fx.b.id);
+    let held = (c.tool.len() + c.libx.len() + 2 * c.readme.len()) as u64;
+    let missing = (c.os_v2.len() + c.new.len()) as u64;
+    assert_eq!(s["files"], 8, "{s}");
+    assert_eq!((s["held_files"].as_u64(), s["held_bytes"].as_u64()), (Some(5), Some(held)), "{s}");
+    assert_eq!((s["missing_files"].as_u64(), s["missing_bytes"].as_u64()), (Some(2), Some(missing)), "{s}");
+    assert_eq!(s["partial_files"], 1, "{s}");
+    let (ph, pc) = (s["partial_held_bytes"].as_u64().unwrap(), s["partial_carried_bytes"].as_u64().unwrap());
+    assert_eq!(ph + pc, BIG as u64);
+    // Four changed bytes cost one chunk or two (64 KiB average, 256 KiB max each).
+    assert!((4..=2 * 256 * 1024).contains(&pc), "{s}");
+    assert_eq!(s["carried_bytes"].as_u64(), Some(missing + pc));
+
+    // --files: every item with its state, in layer order.
+    let v = cs_json(hub, &["diff", "--client", "edge", fx.b.prefix(), "--files"]);
+    assert_eq!(v["summary"], s);
+    let states: Vec<(String, String)> = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["path"].as_str().unwrap().to_string(), f["state"].as_str().unwrap().to_string()))
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("./big-v2.bin", "partial"),
+        ("./bin/tool", "held"),
+        ("./empty", "held"),
+        ("./etc/os-release", "missing"),
+        ("./lib/libx.so", "held"),
+        ("./opt/new.dat", "missing"),
+        ("./share/doc/readme", "held"),
+        ("./share/doc/readme-copy", "held"),
+    ]
+    .iter()
+    .map(|(p, s)| (p.to_string(), s.to_string()))
+    .collect();
+    assert_eq!(states, want);
+    let big = &v["files"][0];
+    assert_eq!(big["id"], blake(&c.big_v2).as_str());
+    assert_eq!((big["held_bytes"].as_u64(), big["carried_bytes"].as_u64()), (Some(ph), Some(pc)));
+    assert!((1..=2).contains(&big["carried_chunks"].as_u64().unwrap()), "{big}");
+    assert_eq!(v["files"][3]["id"], blake(&c.os_v2).as_str());
+    // The text listing names every file with its state.
+    let text = cs_ok(hub, &["diff", "--client", "edge", fx.b.prefix(), "--files"]);
+    for (path, state) in &want {
+        assert!(text.lines().any(|l| l.starts_with(state.as_str()) && l.ends_with(path.as_str())), "{path}: {text}");
+    }
+
+    // dedup_tar_bytes is exactly the pack's uncompressed stream.
+    for (client, layer) in [("bare", &fx.a), ("edge", &fx.a), ("edge", &fx.b), ("bare", &fx.b)] {
+        let want = diff_summary(hub, client, &layer.id)["dedup_tar_bytes"].as_u64().unwrap();
+        let (p, file) = fx.pack(client, &layer.id, &format!("{client}.dtar"), &[]);
+        assert_eq!(p["tar_bytes"].as_u64(), Some(want), "{client}: {p}");
+        assert_eq!(p["compressed_bytes"].as_u64(), Some(std::fs::metadata(&file).unwrap().len()));
+        assert_eq!(p["layer"], layer.id.as_str());
+        assert_eq!(p["client"], client);
+        assert_eq!(p["assumed_applied"], false);
+        assert_eq!(zstd_d(&file).len() as u64, want, "{client}");
+    }
+    // A client that does not exist.
+    let o = cs(hub, &["diff", "--client", "nobody", &fx.a.id]);
+    assert!(o.status.code() == Some(1) && stderr(&o).contains("no client named"), "{}", stderr(&o));
+}
+
+// ------------------------------------------------------------- round trips
+
+/// The dedup tarball for B against A carries references, the new files, and
+/// only the changed chunk(s) of the big file; GNU tar lists it cleanly.
+#[test]
+fn round_trip_with_a_partly_held_file() {
+    let fx = fixture();
+    let (hub, edge, c) = (&fx.hub, &fx.edge, &fx.c);
+    cs_ok(hub, &["client", "add", "edge"]);
+    cs_ok(hub, &["client", "hold", "edge", fx.a.prefix()]);
+    // The edge holds what the hub's map says: layer A.
+    assert_eq!(cs_json(edge, &["ingest", fx.a.path.to_str().unwrap()])[0]["id"], fx.a.id.as_str());
+
+    let (p, file) = fx.pack("edge", fx.b.prefix(), "b-for-edge.dtar", &[]);
+    let raw = zstd_d(&file);
+    assert_eq!(raw.len() as u64, p["tar_bytes"].as_u64().unwrap());
+    std::fs::write(fx.path("b.raw"), &raw).unwrap();
+    let names = String::from_utf8(run(fx.dir.path(), "tar", &["-tf", "b.raw"])).unwrap();
+    let entries = untar(&raw);
+    assert_eq!(names.lines().collect::<Vec<_>>(), entries.iter().map(|x| x.name.as_str()).collect::<Vec<_>>());
+
+    let hexid = |d: &[u8]| blake(d)["blake3:".len()..].to_string();
+    let kinds: Vec<&str> = entries.iter().map(|x| x.name.split('/').next().unwrap()).collect();
+    assert_eq!(kinds[0], "chunkstore-dedup-tar");
+    let magic = String::from_utf8(entries[0].data.clone()).unwrap();
+    assert!(magic.starts_with("chunkstore-dedup-tar 1\n"), "{magic}");
+    assert!(magic.contains(&format!("layer {}\n", fx.b.id)), "{magic}");
+    assert!(magic.contains(&format!("tar-size {}\n", fx.b.bytes.len())), "{magic}");
+    assert!(magic.contains("client edge\n"), "{magic}");
+    let content: Vec<&Entry> =
+        entries.iter().filter(|x| x.name != "raw" && !x.name.starts_with("chunkstore")).collect();
+    let content_names: Vec<&str> = content.iter().map(|x| x.name.as_str()).collect();
+    assert_eq!(
+        content_names,
+        vec![
+            format!("chunks/{}/{BIG}", hexid(&c.big_v2)),
+            format!("ref/{}/{}", hexid(&c.tool), c.tool.len()),
+            format!("ref/{}/0", hexid(b"")),
+            format!("file/{}", hexid(&c.os_v2)),
+            format!("ref/{}/{}", hexid(&c.libx), c.libx.len()),
+            format!("file/{}", hexid(&c.new)),
+            format!("ref/{}/{}", hexid(&c.readme), c.readme.len()),
+            format!("ref/{}/{}", hexid(&c.readme), c.readme.len()),
+        ]
+    );
+    assert!(content.iter().filter(|x| x.name.starts_with("ref/")).all(|x| x.data.is_empty()));
+    assert!(content[3].data == c.os_v2 && content[5].data == c.new);
+    // The big file's table: only the changed chunk(s) travel, and they hold the edit.
+    let rows = check_table(&content[0].data, &c.big_v2);
+    let mut off = 0;
+    let mut carried_cover = Vec::new();
+    for r in &rows {
+        if r.carried {
+            carried_cover.push(off..off + r.len as usize);
+        }
+        off += r.len as usize;
+    }
+    assert!(!carried_cover.is_empty() && carried_cover.len() <= 2, "{rows:?}");
+    assert!(carried_cover.iter().any(|r| r.contains(&BIG_EDIT)), "{carried_cover:?}");
+    let d = diff_summary(hub, "edge", &fx.b.id);
+    let carried: u64 = rows.iter().filter(|r| r.carried).map(|r| r.len as u64).sum();
+    assert_eq!(carried, d["partial_carried_bytes"].as_u64().unwrap());
+    // The raw entries are the original tar minus file contents.
+    let raw_bytes: usize = entries.iter().filter(|x| x.name == "raw").map(|x| x.data.len()).sum();
+    let content_bytes = BIG + c.os_v2.len() + c.tool.len() + c.libx.len() + 2 * c.readme.len() + c.new.len();
+    assert_eq!(raw_bytes + content_bytes, fx.b.bytes.len());
+
+    // Apply on the edge: recorded, byte for byte, verify clean.
+    let v = apply_ok(edge, &file);
+    assert_eq!(v["id"], fx.b.id.as_str());
+    assert_eq!(v["already_present"], false);
+    assert_eq!(v["tar_size"], fx.b.bytes.len());
+    assert_eq!(v["new_files"], 3, "os-release v2, new, big v2: {v}");
+    assert_eq!(v["new_chunk_bytes"].as_u64(), Some(carried + (c.os_v2.len() + c.new.len()) as u64), "{v}");
+    assert_eq!(sha256_hex(&export(edge, fx.b.prefix())), sha256_hex(&fx.b.bytes));
+    let mut ids = layer_ids(edge);
+    ids.sort();
+    let mut want = vec![fx.a.id.clone(), fx.b.id.clone()];
+    want.sort();
+    assert_eq!(ids, want);
+    verify_clean(edge, true);
+    // Applying again is harmless.
+    let again = apply_ok(edge, &file);
+    assert_eq!(again["already_present"], true, "{again}");
+    // The text form names the layer.
+    let o = cs(edge, &["apply", file.to_str().unwrap()]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&fx.b.id));
+}
+
+/// A client holding nothing gets every file's content.
+#[test]
+fn round_trip_holding_nothing() {
+    let fx = fixture();
+    let (hub, edge) = (&fx.hub, &fx.edge);
+    cs_ok(hub, &["client", "add", "bare"]);
+    // The hub got B as tar+gzip this time: the tarball rebuilds the uncompressed layer.
+    let gz = fx.path("b.tar.gz");
+    run(fx.dir.path(), "gzip", &["-k", "-n", fx.b.path.to_str().unwrap()]);
+    assert!(gz.exists());
+    let hub2 = fx.path("hub2");
+    let s = cs_json(&hub2, &["ingest", gz.to_str().unwrap()]);
+    assert_eq!(s[0]["id"], fx.b.id.as_str());
+    cs_ok(&hub2, &["client", "add", "bare"]);
+
+    for (store, layer, name) in [(hub, &fx.a, "a-bare.dtar"), (&hub2, &fx.b, "b-bare.dtar")] {
+        let out = fx.path(name);
+        let p = cs_json(store, &["pack", "--client", "bare", &layer.id, "-o", out.to_str().unwrap()]);
+        let entries = untar(&zstd_d(&out));
+        assert!(entries.iter().all(|x| !x.name.starts_with("ref/") && !x.name.starts_with("chunks/")), "{name}");
+        let files: Vec<&Entry> = entries.iter().filter(|x| x.name.starts_with("file/")).collect();
+        assert_eq!(files.len(), if layer.id == fx.a.id { 7 } else { 8 });
+        assert!(files.iter().all(|x| x.name == format!("file/{}", &blake(&x.data)[7..])));
+        assert!(p["tar_bytes"].as_u64().unwrap() > layer.bytes.len() as u64);
+        let v = apply_ok(edge, &out);
+        assert_eq!(v["id"], layer.id.as_str());
+        assert_eq!(v["compression"], "none");
+        assert_eq!(sha256_hex(&export(edge, &layer.id)), sha256_hex(&layer.bytes));
+    }
+    verify_clean(edge, true);
+    // The client map is unchanged without --assume-applied.
+    assert_eq!(client_show(hub, "bare")["layers"], json!([]));
+}
+
+#[test]
+fn assume_applied_updates_the_map() {
+    let fx = fixture();
+    let hub = &fx.hub;
+    cs_ok(hub, &["client", "add", "edge"]);
+    cs_ok(hub, &["client", "hold", "edge", fx.a.prefix()]);
+    let before = client_show(hub, "edge");
+    let d1 = diff_summary(hub, "edge", &fx.b.id);
+    let (p, _) = fx.pack("edge", &fx.b.id, "plain.dtar", &[]);
+    assert_eq!(p["assumed_applied"], false);
+    assert_eq!(client_show(hub, "edge"), before, "pack without --assume-applied changed the map");
+    assert_eq!(diff_summary(hub, "edge", &fx.b.id), d1);
+
+    let (p, _) = fx.pack("edge", &fx.b.id, "assumed.dtar", &["--assume-applied"]);
+    assert_eq!(p["assumed_applied"], true);
+    let after = client_show(hub, "edge");
+    assert_eq!(after["layers"], json!([fx.a.id, fx.b.id]));
+    assert_eq!(after["files"], 9);
+    let d2 = diff_summary(hub, "edge", &fx.b.id);
+    assert_eq!(
+        (
+            d2["held_files"].as_u64(),
+            d2["partial_files"].as_u64(),
+            d2["missing_files"].as_u64(),
+            d2["carried_bytes"].as_u64()
+        ),
+        (Some(8), Some(0), Some(0), Some(0)),
+        "{d2}"
+    );
+    // The tarball written with --assume-applied is the same as without.
+    assert!(std::fs::read(fx.path("plain.dtar")).unwrap() == std::fs::read(fx.path("assumed.dtar")).unwrap());
+}
+
+// --------------------------------------------------------------- stale maps
+
+/// What applying B's tarball (built for a client holding A) needs from the
+/// edge's own store: the referenced files, and the big file's chunks that
+/// are not carried.
+fn needs_of_b(fx: &Fx, file: &Path) -> (BTreeSet<Missing>, BTreeSet<Missing>) {
+    let c = &fx.c;
+    let files: BTreeSet<_> =
+        [&c.tool[..], b"", &c.libx, &c.readme].iter().map(|d| ("file".to_string(), blake(d), d.len() as u64)).collect();
+    let entries = untar(&zstd_d(file));
+    let table = entries.iter().find(|x| x.name.starts_with("chunks/")).unwrap();
+    let chunks = check_table(&table.data, &c.big_v2)
+        .into_iter()
+        .filter(|r| !r.carried)
+        .map(|r| ("chunk".to_string(), r.id, r.len as u64))
+        .collect();
+    (files, chunks)
+}
+
+/// The hub thinks the edge holds A; the edge holds nothing.
+#[test]
+fn stale_map_edge_lacks_the_layer() {
+    let fx = fixture();
+    let (hub, edge) = (&fx.hub, &fx.edge);
+    cs_ok(hub, &["client", "add", "edge"]);
+    cs_ok(hub, &["client", "hold", "edge", fx.a.prefix()]);
+    let (_, file) = fx.pack("edge", &fx.b.id, "b.dtar", &[]);
+    // A store that exists but holds nothing (its own unrelated layer aside).
+    let other = fx.path("other.tar");
+    gnu_tar(&fx.path("tree-other"), &[("x", &noise(5000, 99))], &[], &other);
+    let other_id = cs_json(edge, &["ingest", other.to_str().unwrap()])[0]["id"].as_str().unwrap().to_string();
+    let packs = count_files(&edge.join("packs"));
+
+    let (v, err) = apply_missing(edge, &file);
+    assert_eq!(v["layer"], fx.b.id.as_str());
+    let (files, chunks) = needs_of_b(&fx, &file);
+    let want: BTreeSet<_> = files.union(&chunks).cloned().collect();
+    assert_eq!(missing_set(&v), want);
+    // The text goes to stderr, one line per missing item.
+    assert!(err.contains(&format!("needs {} items this store lacks; nothing was recorded", want.len())), "{err}");
+    for (kind, id, size) in &want {
+        assert!(err.contains(&format!("missing {kind} {id} ({size} bytes)")), "{kind} {id}: {err}");
+    }
+    // Without --json the exit code is the same and stdout is empty.
+    let o = cs(edge, &["apply", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(o.stdout.is_empty());
+    assert_eq!(layer_ids(edge), vec![other_id.clone()]);
+    assert_eq!(count_files(&edge.join("packs")), packs, "a refused apply left packs");
+    assert_eq!(count_files(&edge.join("tmp")), 0);
+    verify_clean(edge, true);
+
+    // Supply the missing layer; the same tarball now applies.
+    cs_ok(edge, &["ingest", fx.a.path.to_str().unwrap()]);
+    let v = apply_ok(edge, &file);
+    assert_eq!(v["id"], fx.b.id.as_str());
+    assert_eq!(sha256_hex(&export(edge, &fx.b.id)), sha256_hex(&fx.b.bytes));
+    verify_clean(edge, true);
+}
+
+/// The hub thinks the edge holds A; the edge holds only some of its files.
+#[test]
+fn stale_map_edge_holds_part() {
+    let fx = fixture();
+    let (hub, edge, c) = (&fx.hub, &fx.edge, &fx.c);
+    cs_ok(hub, &["client", "add", "edge"]);
+    cs_ok(hub, &["client", "hold", "edge", fx.a.prefix()]);
+    let (_, file) = fx.pack("edge", &fx.b.id, "b.dtar", &[]);
+    // The edge has a layer with tool and readme, and the first half of big v1.
+    let part = fx.path("part.tar");
+    let half = &c.big_v1[..BIG / 2];
+    gnu_tar(&fx.path("tree-part"), &[("t", &c.tool), ("r", &c.readme), ("half", half)], &[], &part);
+    let part_id = cs_json(edge, &["ingest", part.to_str().unwrap()])[0]["id"].as_str().unwrap().to_string();
+
+    let (v, _) = apply_missing(edge, &file);
+    let (files, chunks) = needs_of_b(&fx, &file);
+    let have: BTreeSet<String> = [blake(&c.tool), blake(&c.readme)].into();
+    let mut want: BTreeSet<_> = files.into_iter().filter(|(_, id, _)| !have.contains(id)).collect();
+    assert_eq!(want.len(), 2, "the empty file and libx");
+    // Chunks of the first half of big: all but the last cut the same way in
+    // `half` (content-defined), so the edge has them.
+    let got = missing_set(&v);
+    let missing_chunks: BTreeSet<_> = got.iter().filter(|(k, _, _)| k == "chunk").cloned().collect();
+    assert!(missing_chunks.is_subset(&chunks));
+    assert!(missing_chunks.len() < chunks.len(), "the edge holds some of big's chunks");
+    let mut off = 0;
+    let table = untar(&zstd_d(&file)).into_iter().find(|x| x.name.starts_with("chunks/")).unwrap();
+    let rows = check_table(&table.data, &c.big_v2);
+    let mut held_here = 0;
+    for r in &rows {
+        let end = off + r.len as usize;
+        let is_missing = missing_chunks.iter().any(|(_, id, _)| *id == r.id);
+        if r.carried {
+            assert!(!is_missing);
+        } else if end + 300 * 1024 < BIG / 2 {
+            // Well inside the half the edge holds: cut alike, so present.
+            assert!(!is_missing, "chunk at {off} is in the edge's half file");
+            held_here += 1;
+        } else if off > BIG / 2 {
+            assert!(is_missing, "chunk at {off} is past the half the edge holds");
+        }
+        off = end;
+    }
+    assert!(held_here > 0);
+    want.extend(missing_chunks);
+    assert_eq!(got, want);
+    assert_eq!(layer_ids(edge), vec![part_id]);
+    verify_clean(edge, true);
+
+    cs_ok(edge, &["ingest", fx.a.path.to_str().unwrap()]);
+    apply_ok(edge, &file);
+    assert_eq!(sha256_hex(&export(edge, &fx.b.id)), sha256_hex(&fx.b.bytes));
+    verify_clean(edge, true);
+}
+
+// ------------------------------------------------------ layers with hostile names
+
+/// Every file named `evil` (or `passwd`) under `dir`.
+fn find_named(dir: &Path, names: &[&str], out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd {
+        let p = e.unwrap().path();
+        if names.iter().any(|n| p.file_name().is_some_and(|f| f == *n)) {
+            out.push(p.clone());
+        }
+        if p.is_dir() && !p.is_symlink() {
+            find_named(&p, names, out);
+        }
+    }
+}
+
+fn assert_no_evil(dir: &Path) {
+    let mut found = Vec::new();
+    find_named(dir, &["evil", "passwd"], &mut found);
+    let cwd = std::env::current_dir().unwrap();
+    for p in [cwd.join("evil"), cwd.join("../evil"), cwd.join("../../evil")] {
+        if p.exists() {
+            found.push(p);
+        }
+    }
+    assert!(found.is_empty(), "files written outside the store: {found:?}");
+}
+
+/// A layer whose own names climb out (`../../evil`, `/abs/evil`): its headers
+/// travel as data and come back byte for byte; nothing is written anywhere.
+#[test]
+fn layer_with_escaping_names_round_trips_as_data() {
+    let fx = fixture();
+    let d = fx.dir.path();
+    let work = d.join("work/a/b/c");
+    std::fs::create_dir_all(&work).unwrap();
+    let evil = d.join("evil-layer.tar");
+    let script = format!(
+        r#"
+import io, tarfile
+with tarfile.open({evil:?}, "w", format=tarfile.PAX_FORMAT) as t:
+    for name, data in [("../../evil", b"gotcha\n" * 100), ("/abs/evil", b"x" * 3000), ("ok", b"fine")]:
+        ti = tarfile.TarInfo(name)
+        ti.size, ti.mtime, ti.mode = len(data), 1700000000, 0o755
+        t.addfile(ti, io.BytesIO(data))
+"#
+    );
+    run(d, "python3", &["-c", &script]);
+    let bytes = std::fs::read(&evil).unwrap();
+    let id = diff_id(&bytes);
+    cs_ok(&fx.hub, &["ingest", evil.to_str().unwrap()]);
+    cs_ok(&fx.hub, &["client", "add", "bare"]);
+    let (_, file) = fx.pack("bare", &id, "evil.dtar", &[]);
+    let names: Vec<String> = untar(&zstd_d(&file)).into_iter().map(|x| x.name).collect();
+    assert!(names.iter().all(|n| !n.contains("..") && !n.starts_with('/')), "{names:?}");
+    let o = apply_in(&work, &fx.edge, &file);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(sha256_hex(&export(&fx.edge, &id)), sha256_hex(&bytes));
+    verify_clean(&fx.edge, true);
+    assert_no_evil(d);
+}
+
+// -------------------------------------------------------- hostile tarballs
+
+/// One hostile tarball and what applying it must do.
+struct Case {
+    name: String,
+    bytes: Vec<u8>,
+    /// Exit code: 1 (rejected) or 3 (genuinely missing data).
+    code: i32,
+    /// Each must appear in the error message.
+    needles: Vec<String>,
+}
+
+fn case(name: &str, bytes: Vec<u8>, needles: &[&str]) -> Case {
+    Case { name: name.to_string(), bytes, code: 1, needles: needles.iter().map(|s| s.to_string()).collect() }
+}
+
+/// Apply each case to `edge` from a directory inside `root`; check the exit
+/// code, the message, that nothing panicked, and that the edge is as before.
+fn check_cases(root: &Path, edge: &Path, cases: &[Case]) {
+    let cwd = root.join("cwd/a/b/c");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let layers = layer_ids(edge);
+    let packs = count_files(&edge.join("packs"));
+    let mut failures = Vec::new();
+    for c in cases {
+        let file = root.join(format!("{}.dtar", c.name.replace(['/', ' '], "_")));
+        std::fs::write(&file, &c.bytes).unwrap();
+        let o = apply_in(&cwd, edge, &file);
+        let err = stderr(&o);
+        let code = o.status.code();
+        let mut why = Vec::new();
+        if err.contains("panicked") || code.is_none() {
+            why.push("crashed".to_string());
+        }
+        if code != Some(c.code) {
+            why.push(format!("exit {code:?}, want {}", c.code));
+        }
+        if c.code == 1 {
+            for n in std::iter::once("not applied").chain(c.needles.iter().map(String::as_str)) {
+                if !err.contains(n) {
+                    why.push(format!("message lacks {n:?}"));
+                }
+            }
+            // --json: an error object on stdout.
+            match serde_json::from_slice::<Value>(&o.stdout) {
+                Ok(v) if v["error"]["message"].is_string() => {}
+                _ => why.push(format!("stdout is not an error object: {}", String::from_utf8_lossy(&o.stdout))),
+            }
+        }
+        if layer_ids(edge) != layers {
+            why.push("a layer was recorded".into());
+        }
+        if count_files(&edge.join("packs")) != packs || count_files(&edge.join("tmp")) != 0 {
+            why.push("packs or staging files left behind".into());
+        }
+        if !why.is_empty() {
+            failures.push(format!("{}: {}\n    stderr: {}", c.name, why.join("; "), err.trim()));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    verify_clean(edge, true);
+    assert_no_evil(root);
+}
+
+/// Hub with A and B, client `edge` holding A, the edge store holding A; the
+/// good tarball of B for it, and its entries.
+fn hostile_setup() -> (Fx, PathBuf, Vec<Entry>) {
+    let fx = fixture();
+    cs_ok(&fx.hub, &["client", "add", "edge"]);
+    cs_ok(&fx.hub, &["client", "hold", "edge", fx.a.prefix()]);
+    cs_ok(&fx.edge, &["ingest", fx.a.path.to_str().unwrap()]);
+    let (_, file) = fx.pack("edge", &fx.b.id, "good.dtar", &[]);
+    let entries = untar(&zstd_d(&file));
+    (fx, file, entries)
+}
+
+fn index_of(entries: &[Entry], prefix: &str) -> usize {
+    entries.iter().position(|x| x.name.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix} entry"))
+}
+
+/// Not zstd, garbage, truncation, structure and magic-record damage.
+#[test]
+fn hostile_streams_and_structure() {
+    let (fx, good, entries) = hostile_setup();
+    let good_bytes = std::fs::read(&good).unwrap();
+    let raw = tar_of(&entries);
+    assert!(raw == zstd_d(&good), "the test's tar writer reproduces pack's stream");
+    let z = |raw: Vec<u8>| zstd_c(&raw);
+    let with = |f: &dyn Fn(&mut Vec<Entry>)| {
+        let mut v = entries.clone();
+        f(&mut v);
+        z(tar_of(&v))
+    };
+    let magic = entries[0].data.clone();
+    let magic_with = |from: &str, to: &str| {
+        let text = String::from_utf8(magic.clone()).unwrap();
+        assert!(text.contains(from), "{text}");
+        let text = text.replacen(from, to, 1);
+        with(&move |v: &mut Vec<Entry>| v[0].data = text.clone().into_bytes())
+    };
+    let garbage = zstd_c(&noise(100_000, 7));
+    let mut cases = vec![
+        case("not zstd: the plain tar", raw.clone(), &["not zstd-compressed"]),
+        case("not zstd: empty", Vec::new(), &["not zstd-compressed"]),
+        case("not zstd: text", b"hello, world\n".to_vec(), &["not zstd-compressed"]),
+        case("zstd of garbage", garbage, &["not a tar archive"]),
+        case("zstd of nothing", zstd_c(b""), &["not a tar archive"]),
+        case("zstd of a layer tar", zstd_c(&fx.a.bytes), &["dedup tarball"]),
+        case("zstd then garbage", [&good_bytes[..], &noise(1000, 8)].concat(), &["zstd"]),
+    ];
+    for cut in [4, 5, 100, good_bytes.len() / 2, good_bytes.len() - 1] {
+        cases.push(case(&format!("compressed stream cut at {cut}"), good_bytes[..cut].to_vec(), &["dedup tarball"]));
+    }
+    // Cuts of the tar stream, compressed properly: inside the magic record,
+    // at an entry boundary (no end marker), in the chunk table, in a carried
+    // chunk, in a file's content, in the end marker.
+    let table_at = {
+        let i = index_of(&entries, "chunks/");
+        tar_of(&entries[..i]).len() - 1024 + 512
+    };
+    let carried_at = table_at + 4 + 37 * parse_table(&entries[index_of(&entries, "chunks/")].data).0.len();
+    let file_at = {
+        let i = index_of(&entries, "file/");
+        tar_of(&entries[..i]).len() - 1024 + 512
+    };
+    for (what, cut) in [
+        ("in the magic record", 600),
+        ("after the magic record", 1024),
+        ("in a header", 1024 + 100),
+        ("in the chunk table", table_at + 40),
+        ("in a carried chunk", carried_at + 1000),
+        ("in a file's content", file_at + 10),
+        ("in the end marker", raw.len() - 600),
+        ("before the end marker", raw.len() - 1024),
+    ] {
+        cases.push(case(&format!("tar cut {what}"), z(raw[..cut].to_vec()), &["truncated"]));
+    }
+    let mut bad_sum = raw.clone();
+    bad_sum[1024 + 148] ^= 1;
+    cases.extend([
+        case("bad header checksum", z(bad_sum), &["checksum"]),
+        case(
+            "wrong magic version",
+            magic_with("chunkstore-dedup-tar 1", "chunkstore-dedup-tar 2"),
+            &["unsupported version"],
+        ),
+        case("no magic version", magic_with("chunkstore-dedup-tar 1", "chunkstore-dedup-tar"), &["magic"]),
+        case("bad magic line", magic_with("chunkstore-dedup-tar 1", "chunkstore-dedup-tarball 1"), &["magic"]),
+        case("magic without layer", magic_with("layer ", "flavour "), &["names no layer"]),
+        case("magic with bad layer", magic_with("layer sha256:", "layer sha256:zz"), &["not a sha256 digest"]),
+        case("magic naming another layer", magic_with(&fx.b.id, &fx.a.id), &[&fx.a.id]),
+        case("magic with bad tar-size", magic_with("tar-size ", "tar-size x"), &["tar-size"]),
+        case(
+            "magic with tar-size too small",
+            magic_with(&format!("tar-size {}", fx.b.bytes.len()), "tar-size 1000"),
+            &["1000 bytes"],
+        ),
+        case(
+            "magic with tar-size too large",
+            magic_with(&format!("tar-size {}", fx.b.bytes.len()), &format!("tar-size {}", fx.b.bytes.len() + 512)),
+            &["rebuilds"],
+        ),
+        case("magic with another chunker", magic_with("chunker ", "chunker 1"), &["chunker"]),
+        case("magic not text", with(&|v| v[0].data = vec![0xff; 40]), &["magic"]),
+        case(
+            "magic record over 64 KiB",
+            with(&|v| v[0].data.extend(std::iter::repeat_n(b'\n', 70_000))),
+            &["magic record"],
+        ),
+        case("magic not first", with(&|v| v.swap(0, 1)), &["does not begin with its magic record"]),
+        case("no magic", with(&|v| drop(v.remove(0))), &["does not begin with its magic record"]),
+        case("a second magic record", with(&|v| v.insert(2, v[0].clone())), &["second magic record"]),
+        case("only the magic record", z(tar_of(&entries[..1])), &["rebuilds 0 bytes"]),
+        case(
+            "raw shortened",
+            with(&|v| {
+                v[1].data.pop();
+            }),
+            &[],
+        ),
+        case("entries out of order", with(&|v| v.swap(2, 3)), &[]),
+        case("an entry dropped", with(&|v| drop(v.remove(3))), &[]),
+    ]);
+    // Entries of other types in the dedup tar.
+    for (what, flag) in [("symlink", b'2'), ("directory", b'5')] {
+        let mut t = Vec::new();
+        put_entry(&mut t, &entries[0].name, &entries[0].data);
+        put_entry_typed(&mut t, "raw", b"", flag);
+        t.extend_from_slice(&raw[tar_of(&entries[..1]).len() - 1024..]);
+        cases.push(case(&format!("a {what} entry"), z(t), &["unexpected"]));
+    }
+    {
+        let mut t = Vec::new();
+        put_entry(&mut t, &entries[0].name, &entries[0].data);
+        put_entry_typed(&mut t, "raw", b"dumpdir\0", b'D');
+        t.extend_from_slice(&raw[tar_of(&entries[..1]).len() - 1024..]);
+        cases.push(case("a GNU dumpdir entry", z(t), &["unexpected"]));
+    }
+    check_cases(fx.dir.path(), &fx.edge, &cases);
+    // The edge still applies the good tarball.
+    apply_ok(&fx.edge, &good);
+    assert_eq!(sha256_hex(&export(&fx.edge, &fx.b.id)), sha256_hex(&fx.b.bytes));
+}
+
+/// Forged references, content that does not match its id, chunk tables that
+/// lie, huge declared sizes, unknown and escaping entry names.
+#[test]
+fn hostile_entries() {
+    let (fx, good, entries) = hostile_setup();
+    let c = &fx.c;
+    let z = |v: &[Entry]| zstd_c(&tar_of(v));
+    let with = |f: &dyn Fn(&mut Vec<Entry>)| {
+        let mut v = entries.clone();
+        f(&mut v);
+        z(&v)
+    };
+    let hexid = |d: &[u8]| blake(d)[7..].to_string();
+    let (tool, libx) = (hexid(&c.tool), hexid(&c.libx));
+    let ref_tool = index_of(&entries, &format!("ref/{tool}/"));
+    let file_i = index_of(&entries, "file/");
+    let chunks_i = index_of(&entries, "chunks/");
+    let chunks_name = entries[chunks_i].name.clone();
+    let table = entries[chunks_i].data.clone();
+    let (rows, _) = parse_table(&table);
+    let first_carried = rows.iter().position(|r| r.carried).unwrap();
+    let row_at = |i: usize| 4 + 37 * i;
+    let carried_at = 4 + 37 * rows.len();
+    let forged = "f".repeat(64);
+    let set_table = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut t = table.clone();
+        f(&mut t);
+        with(&move |v: &mut Vec<Entry>| v[chunks_i].data = t.clone())
+    };
+    let rename = |i: usize, name: String| with(&move |v: &mut Vec<Entry>| v[i].name = name.clone());
+
+    let mut cases = vec![
+        // References.
+        case("ref with the wrong size", rename(ref_tool, format!("ref/{tool}/{}", c.tool.len() + 1)), &["says"]),
+        case("ref with size u64::MAX", rename(ref_tool, format!("ref/{tool}/18446744073709551615")), &["says"]),
+        case("ref with size over u64", rename(ref_tool, format!("ref/{tool}/18446744073709551616")), &["bad size"]),
+        case("ref to another held file", rename(ref_tool, format!("ref/{libx}/{}", c.libx.len())), &[]),
+        case("ref carrying content", with(&|v| v[ref_tool].data = c.tool.clone()), &["carries content"]),
+        // Whole files.
+        case("file content flipped", with(&|v| v[file_i].data[0] ^= 1), &["does not match its id"]),
+        case(
+            "file content one byte short",
+            with(&|v| {
+                v[file_i].data.pop();
+            }),
+            &[],
+        ),
+        case("file content one byte long", with(&|v| v[file_i].data.push(0)), &[]),
+        case("file named by another id", rename(file_i, format!("file/{forged}")), &["does not match its id"]),
+        // Chunk tables.
+        case("carried chunk flipped", set_table(&|t| t[carried_at] ^= 1), &["does not match its id"]),
+        case(
+            "held chunk id forged as carried",
+            set_table(&|t| t[row_at(first_carried)] ^= 1),
+            &["does not match its id"],
+        ),
+        case("table size in name +1", rename(chunks_i, format!("{}1", chunks_name)), &["does not add up"]),
+        case(
+            "table size in name u64::MAX",
+            rename(chunks_i, format!("chunks/{}/18446744073709551615", hexid(&c.big_v2))),
+            &["does not add up"],
+        ),
+        case("table row length +1", set_table(&|t| t[row_at(0) + 32] ^= 1), &[]),
+        case("table row count +1", set_table(&|t| t[0] += 1), &[]),
+        case(
+            "table row count u32::MAX",
+            set_table(&|t| t[..4].copy_from_slice(&u32::MAX.to_le_bytes())),
+            &["chunk table"],
+        ),
+        case("table row count 0", set_table(&|t| t[..4].copy_from_slice(&0u32.to_le_bytes())), &["does not add up"]),
+        case(
+            "table row over 16 MiB",
+            set_table(&|t| t[row_at(0) + 32..row_at(0) + 36].copy_from_slice(&(17u32 << 20).to_le_bytes())),
+            &["out of range"],
+        ),
+        case("table row of 0 bytes", set_table(&|t| t[row_at(0) + 32..row_at(0) + 36].fill(0)), &["out of range"]),
+        case("table carried flag 2", set_table(&|t| t[row_at(0) + 36] = 2), &["carried flag"]),
+        case("table flag flipped to carried", set_table(&|t| t[row_at(0) + 36] = 1), &[]),
+        case("table entry with no table", with(&|v| v[chunks_i].data.clear()), &["chunk table"]),
+        case("table entry of 3 bytes", with(&|v| v[chunks_i].data.truncate(3)), &["chunk table"]),
+        case(
+            "table named for another file",
+            rename(chunks_i, format!("chunks/{forged}/{BIG}")),
+            &["does not match its id"],
+        ),
+    ];
+    // Huge declared sizes through PAX headers: chunk tables claiming 4 billion
+    // or a million rows and a terabyte, a file claiming 2^64-1 bytes, a raw
+    // entry and a reference claiming a terabyte.
+    for (what, name, size, body) in [
+        ("huge table", chunks_name.clone(), 1u64 << 40, [u32::MAX.to_le_bytes().to_vec(), vec![0u8; 8192]].concat()),
+        (
+            "big table, short input",
+            chunks_name.clone(),
+            1 << 40,
+            [(1u32 << 20).to_le_bytes().to_vec(), vec![0u8; 8192]].concat(),
+        ),
+        ("huge file", format!("file/{}", hexid(&c.os_v2)), u64::MAX, c.os_v2.clone()),
+        ("huge raw", "raw".to_string(), 1 << 40, vec![0u8; 4096]),
+        ("huge ref", format!("ref/{tool}/{}", c.tool.len()), 1 << 40, vec![]),
+    ] {
+        let mut t = Vec::new();
+        for x in &entries[..2] {
+            put_entry(&mut t, &x.name, &x.data);
+        }
+        put_pax_size(&mut t, &name, size);
+        t.extend_from_slice(&body);
+        cases.push(case(&format!("PAX {what}"), zstd_c(&t), &[]));
+    }
+    // Names: unknown, malformed, escaping.
+    let bad_names = [
+        "foo".to_string(),
+        "".to_string(),
+        "raw/x".to_string(),
+        "./raw".to_string(),
+        format!("ref/{tool}"),
+        format!("ref/{tool}/"),
+        format!("ref/{tool}/12x"),
+        format!("ref/{tool}/{}/x", c.tool.len()),
+        format!("ref/{}/{}", tool.to_uppercase(), c.tool.len()),
+        format!("ref/{}/{}", &tool[..63], c.tool.len()),
+        format!("ref/{tool}0/{}", c.tool.len()),
+        format!("ref/sha256:{tool}/{}", c.tool.len()),
+        format!("file/{tool}/1"),
+        format!("chunks/{tool}"),
+        format!("delta/{tool}"),
+        "../../etc/passwd".to_string(),
+        "/abs".to_string(),
+        format!("../ref/{tool}/{}", c.tool.len()),
+        format!("ref/../ref/{tool}/{}", c.tool.len()),
+    ];
+    for n in &bad_names {
+        let n2 = n.clone();
+        let bytes = with(&move |v: &mut Vec<Entry>| v[ref_tool].name = n2.clone());
+        cases.push(case(&format!("entry named {n:?}"), bytes, &["dedup tarball"]));
+    }
+    // A raw entry carrying an original header that climbs out: data only.
+    let mut evil = Vec::new();
+    put_entry(&mut evil, "../../evil", b"gotcha\n");
+    cases.push(case("raw header named ../../evil", with(&move |v| v[1].data = evil.clone()), &[]));
+    // The header of the file before `file/` renamed in place: a valid tar, another layer.
+    cases.push(case(
+        "raw header renamed ../../evil",
+        with(&move |v| {
+            let raw = &mut v[file_i - 1].data;
+            let at = raw.len() - 512;
+            assert!(cstr(&raw[at..at + 100]).ends_with("os-release"));
+            rename_header(&mut raw[at..], "../../evil");
+        }),
+        &["expected"],
+    ));
+    check_cases(fx.dir.path(), &fx.edge, &cases);
+
+    // A forged reference to a file the edge lacks is genuinely missing: exit 3, listing exactly it.
+    let forged_ref = format!("ref/{forged}/{}", c.tool.len());
+    let bytes = rename(ref_tool, forged_ref);
+    let file = fx.path("forged-ref.dtar");
+    std::fs::write(&file, &bytes).unwrap();
+    let (v, err) = apply_missing(&fx.edge, &file);
+    assert_eq!(v["layer"], fx.b.id.as_str());
+    assert_eq!(
+        v["missing"],
+        json!([{"kind": "file", "id": format!("blake3:{forged}"), "size": c.tool.len()}]),
+        "{err}"
+    );
+    // And a forged non-carried chunk row.
+    let forged_chunk = set_table(&|t| t[row_at(0)..row_at(0) + 32].fill(0xee));
+    std::fs::write(&file, &forged_chunk).unwrap();
+    let (v, _) = apply_missing(&fx.edge, &file);
+    assert_eq!(
+        v["missing"],
+        json!([{"kind": "chunk", "id": format!("blake3:{}", "ee".repeat(32)), "size": rows[0].len}])
+    );
+    check_cases(fx.dir.path(), &fx.edge, &[]);
+
+    // The edge still applies the good tarball.
+    apply_ok(&fx.edge, &good);
+    assert_eq!(sha256_hex(&export(&fx.edge, &fx.b.id)), sha256_hex(&fx.b.bytes));
+}
+
+/// Missing data and damage in one tarball: the damage wins (exit 1), since
+/// the list of what is missing could not be complete.
+#[test]
+fn missing_refs_then_damage_is_an_error() {
+    let (fx, _, entries) = hostile_setup();
+    let bare = fx.path("bare-edge");
+    cs_ok(&bare, &["ls"]);
+    let raw = tar_of(&entries);
+    let last_ref = entries.iter().rposition(|x| x.name.starts_with("ref/")).unwrap();
+    let cases = vec![
+        case(
+            "missing refs, then truncated",
+            zstd_c(&raw[..tar_of(&entries[..last_ref]).len() - 1024 + 700]),
+            &["truncated"],
+        ),
+        case(
+            "missing refs, then an unknown entry",
+            {
+                let mut v = entries.clone();
+                v[last_ref].name = "bogus".into();
+                zstd_c(&tar_of(&v))
+            },
+            &["unknown entry"],
+        ),
+        case("missing refs, then no end marker", zstd_c(&raw[..raw.len() - 1024]), &["truncated"]),
+    ];
+    check_cases(fx.dir.path(), &bare, &cases);
+}
