@@ -22,6 +22,8 @@ pub enum ErrorKind {
     Io,
     /// An internal index failure.
     Index,
+    /// A token is missing, invalid, expired, or does not allow the request.
+    Denied,
 }
 
 /// An error with a kind, a message for people, and the underlying cause.

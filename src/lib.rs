@@ -45,8 +45,14 @@ mod layermap;
 mod pack;
 mod possession;
 mod recipe;
+#[cfg(feature = "client")]
+mod remote;
+#[cfg(feature = "server")]
+pub mod server;
 mod store;
 mod tarsplit;
+mod token;
+mod transfer;
 mod verify;
 
 pub use apply::{ApplyOutcome, MissingRef};
@@ -61,7 +67,13 @@ pub use ingest::{IngestOptions, IngestSummary};
 pub use input::Compression;
 pub use possession::{ClientInfo, Diff, DiffOptions, DiffSummary, FileDiff, FileState};
 pub use recipe::{FileRecipe, RecipeItem, RecipeReader};
+#[cfg(feature = "client")]
+pub use remote::{PullSummary, PushSummary, Remote, TransferOptions, Via};
 pub use store::{Store, StoreOptions, StoreStats};
+pub use token::{issue_token_at, Claims, Scope, TokenVerifier};
+pub use transfer::{
+    parse_chunk_ids, read_chunk_batch, read_chunk_batch_any, RecipeBundle, VerifiedChunk, MAX_BATCH, MAX_BUNDLE,
+};
 pub use verify::{Damage, VerifyOptions, VerifyReport};
 
 #[cfg(test)]

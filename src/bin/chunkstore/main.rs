@@ -8,7 +8,11 @@ mod ingest;
 mod ls;
 mod output;
 mod pack;
+mod pull;
+mod push;
+mod serve;
 mod stat;
+mod token;
 mod verify;
 
 use anyhow::{Context, Result};
@@ -42,6 +46,10 @@ enum Verb {
     Diff(diff::Args),
     Pack(pack::Args),
     Apply(apply::Args),
+    Serve(serve::Args),
+    Token(token::Args),
+    Pull(pull::Args),
+    Push(push::Args),
 }
 
 /// Shared by every verb.
@@ -69,6 +77,12 @@ pub enum Outcome {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let store_dir = match cli.store.or_else(|| dirs::data_dir().map(|d| d.join("chunkstore"))) {
         Some(d) => d,
         None => {
@@ -87,6 +101,10 @@ fn main() -> ExitCode {
         Verb::Diff(a) => diff::run(&ctx, a),
         Verb::Pack(a) => pack::run(&ctx, a),
         Verb::Apply(a) => apply::run(&ctx, a),
+        Verb::Serve(a) => serve::run(&ctx, a),
+        Verb::Token(a) => token::run(&ctx, a),
+        Verb::Pull(a) => pull::run(&ctx, a),
+        Verb::Push(a) => push::run(&ctx, a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -39,3 +39,50 @@ pub fn bytes(n: u64) -> String {
         format!("{v:.1} {}", UNITS[u])
     }
 }
+
+/// Write `path` through `produce`. A regular file (or a new one) is written
+/// beside its final name and renamed into place only when `produce`
+/// succeeds, so a failure leaves no partial file; anything else (a device
+/// such as /dev/null, a FIFO) is written directly, never replaced.
+pub fn write_output<T>(
+    path: &std::path::Path,
+    produce: impl FnOnce(&mut dyn std::io::Write) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    use anyhow::Context;
+    use std::io::Write;
+    let regular = match std::fs::metadata(path) {
+        Ok(m) => m.is_file(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => return Err(e).with_context(|| format!("checking {}", path.display())),
+    };
+    if !regular {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let mut out = std::io::BufWriter::new(f);
+        let r = produce(&mut out)?;
+        out.flush().with_context(|| format!("writing {}", path.display()))?;
+        return Ok(r);
+    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.chunkstore-{}.partial", std::process::id()));
+    let result = (|| {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        let mut out = std::io::BufWriter::new(f);
+        let r = produce(&mut out)?;
+        let f = out.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {}", tmp.display()))?;
+        f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(r)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

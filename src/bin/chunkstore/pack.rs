@@ -33,19 +33,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
         out.flush().context("writing standard output")?;
         s
     } else {
-        let tmp = args.output.with_extension(format!("partial-{}", std::process::id()));
-        let result = (|| -> Result<_> {
-            let f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-            let mut out = std::io::BufWriter::new(f);
-            let s = store.write_dedup_tar(&diff, &mut out)?;
-            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            std::fs::rename(&tmp, &args.output).with_context(|| format!("writing {}", args.output.display()))?;
-            Ok(s)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result?
+        output::write_output(&args.output, |w| Ok(store.write_dedup_tar(&diff, w)?))?
     };
     if args.assume_applied {
         store.hold(&client, &[layer])?;

@@ -1,0 +1,57 @@
+//! `chunkstore pull --hub URL --client NAME LAYER`
+
+use crate::{output, Ctx, Outcome};
+use anyhow::Result;
+use chunkstore::{ClientId, Remote, TransferOptions, Via};
+
+/// Pull a layer from a hub into this (edge) store
+#[derive(clap::Args)]
+pub struct Args {
+    /// The hub's base URL, e.g. http://hub:7300
+    #[arg(long, env = "CHUNKSTORE_HUB")]
+    hub: String,
+    /// This edge's client name on the hub
+    #[arg(long)]
+    client: String,
+    /// Bearer token (pull scope for this client)
+    #[arg(long, env = "CHUNKSTORE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// dedup: the hub's dedup tarball for this client; chunks: only the chunks this store lacks
+    #[arg(long, default_value = "dedup", value_parser = ["dedup", "chunks"])]
+    via: String,
+    /// Requests in flight at once
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Chunks per request
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Layer digest or unique prefix (of the hub's layers)
+    layer: String,
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
+    let store = ctx.open()?;
+    let hub = Remote::new(&args.hub, args.token)?;
+    let client = ClientId::new(&args.client)?;
+    let layer = hub.resolve_layer(&args.layer)?;
+    let via = if args.via == "chunks" { Via::Chunks } else { Via::Dedup };
+    let opts = TransferOptions { concurrency: args.concurrency, batch: args.batch, via, progress: None };
+    let s = store.pull(&hub, &client, &layer, &opts)?;
+    if ctx.json {
+        output::json(&s)?;
+    } else if s.already_present {
+        println!("{layer}: already here; acknowledged to the hub");
+    } else {
+        let size = s.ingest.as_ref().map_or(0, |i| i.layer.tar_size);
+        println!(
+            "{layer}: pulled via {:?}{} in {:.2} s: {} received for a {} layer ({} chunks fetched)",
+            s.via,
+            if s.fell_back { " (fell back)" } else { "" },
+            s.seconds,
+            output::bytes(s.wire_bytes),
+            output::bytes(size),
+            s.fetched_chunks
+        );
+    }
+    Ok(Outcome::Ok)
+}

@@ -1,0 +1,44 @@
+//! `chunkstore push --hub URL LAYER`
+
+use crate::{output, Ctx, Outcome};
+use anyhow::Result;
+use chunkstore::{Remote, TransferOptions};
+
+/// Upload a layer this store holds to a hub (only the chunks it lacks)
+#[derive(clap::Args)]
+pub struct Args {
+    /// The hub's base URL, e.g. http://hub:7300
+    #[arg(long, env = "CHUNKSTORE_HUB")]
+    hub: String,
+    /// Bearer token (push scope)
+    #[arg(long, env = "CHUNKSTORE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Requests in flight at once
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Chunks per request
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Layer digest or unique prefix (of this store's layers)
+    layer: String,
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
+    let store = ctx.open()?;
+    let layer = store.resolve_layer(&args.layer)?;
+    let hub = Remote::new(&args.hub, args.token)?;
+    let opts = TransferOptions { concurrency: args.concurrency, batch: args.batch, ..Default::default() };
+    let s = store.push(&hub, &layer, &opts)?;
+    if ctx.json {
+        output::json(&s)?;
+    } else {
+        println!(
+            "{layer}: pushed in {:.2} s: {} of {} chunks uploaded ({})",
+            s.seconds,
+            s.uploaded_chunks,
+            s.chunks,
+            output::bytes(s.uploaded_bytes)
+        );
+    }
+    Ok(Outcome::Ok)
+}

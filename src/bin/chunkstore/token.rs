@@ -1,0 +1,59 @@
+//! `chunkstore token issue --client NAME --scope SCOPE --ttl DURATION`
+
+use crate::{output, Ctx, Outcome};
+use anyhow::{bail, Result};
+use chunkstore::{ClientId, Scope};
+use std::time::Duration;
+
+/// Issue access tokens signed with this hub's key
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(clap::Subcommand)]
+enum Verb {
+    /// Issue a token (the hub registers the client on its first pull)
+    Issue {
+        /// Who the token is for
+        #[arg(long)]
+        client: String,
+        /// pull, push or admin
+        #[arg(long, default_value = "pull")]
+        scope: String,
+        /// How long it is valid: e.g. 90s, 30m, 1h, 7d
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+}
+
+fn parse_ttl(s: &str) -> Result<Duration> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| anyhow::anyhow!("bad --ttl {s:?}: use e.g. 90s, 30m, 1h, 7d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => bail!("bad --ttl {s:?}: use e.g. 90s, 30m, 1h, 7d"),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
+    let Verb::Issue { client, scope, ttl } = args.verb;
+    let client = ClientId::new(&client)?;
+    let scope = Scope::parse(&scope)?;
+    let ttl = parse_ttl(&ttl)?;
+    // Works while `serve` holds the store open: only the key file is read.
+    let token = chunkstore::issue_token_at(&ctx.store_dir, &client, scope, ttl)?;
+    if ctx.json {
+        output::json(
+            &serde_json::json!({ "token": token, "client": client, "scope": scope, "ttl_seconds": ttl.as_secs() }),
+        )?;
+    } else {
+        println!("{token}");
+    }
+    Ok(Outcome::Ok)
+}

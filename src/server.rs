@@ -1,0 +1,412 @@
+//! The hub's HTTP/1.1 API under `/v2/_chunkstore/` (docs/protocol.md).
+//! Handlers run store work on tokio's blocking pool; large responses stream.
+
+use crate::error::{Error, ErrorKind};
+use crate::ids::{ClientId, LayerId};
+use crate::ingest::IngestOptions;
+use crate::possession::DiffOptions;
+use crate::store::Store;
+use crate::token::{Claims, Scope, TokenVerifier};
+use crate::transfer::{self, RecipeBundle, MAX_BATCH, MAX_QUERY};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Largest body for chunk uploads and layer commits.
+pub const MAX_UPLOAD: usize = 64 << 20;
+
+/// How the hub serves.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Let anyone read layers, recipes and chunks without a token.
+    pub public_read: bool,
+    /// Per-request time limit until the response starts.
+    pub timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions { public_read: false, timeout: Duration::from_secs(120) }
+    }
+}
+
+struct App {
+    store: Arc<Store>,
+    tokens: TokenVerifier,
+    opts: ServeOptions,
+    /// Test hook: `CHUNKSTORE_TEST_CORRUPT_CHUNKS=1` flips a byte of every
+    /// chunk served, so tests can check that pullers refuse wrong bytes.
+    corrupt: bool,
+}
+
+/// An error response: `{"error": {"code": "...", "message": "..."}}`.
+struct ApiError(StatusCode, &'static str, String);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let (status, code) = match e.kind() {
+            ErrorKind::InvalidInput => (StatusCode::BAD_REQUEST, "INVALID"),
+            ErrorKind::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            ErrorKind::Ambiguous => (StatusCode::BAD_REQUEST, "AMBIGUOUS"),
+            ErrorKind::Denied => (StatusCode::UNAUTHORIZED, "DENIED"),
+            ErrorKind::Corrupt => (StatusCode::UNPROCESSABLE_ENTITY, "CORRUPT"),
+            ErrorKind::Busy => (StatusCode::SERVICE_UNAVAILABLE, "BUSY"),
+            ErrorKind::Config => (StatusCode::CONFLICT, "CONFLICT"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+        };
+        ApiError(status, code, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.0.is_server_error() {
+            tracing::error!(code = self.1, message = %self.2, "request failed");
+        } else {
+            tracing::info!(code = self.1, message = %self.2, "request refused");
+        }
+        let body = serde_json::json!({ "error": { "code": self.1, "message": self.2 } });
+        (self.0, Json(body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn forbidden(msg: String) -> ApiError {
+    ApiError(StatusCode::FORBIDDEN, "FORBIDDEN", msg)
+}
+
+impl App {
+    /// Check the bearer token: `need` scope, and for `client` routes, that
+    /// client (admin tokens may act for any). `public` routes pass without a
+    /// token when the hub runs with `--public-read`.
+    fn authorize(
+        &self,
+        h: &HeaderMap,
+        need: Scope,
+        client: Option<&ClientId>,
+        public: bool,
+    ) -> ApiResult<Option<Claims>> {
+        let token = h
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let Some(token) = token else {
+            if public && self.opts.public_read {
+                return Ok(None);
+            }
+            return Err(ApiError(StatusCode::UNAUTHORIZED, "DENIED", "a bearer token is required".into()));
+        };
+        let claims = self.tokens.verify(token)?;
+        if !claims.scope.allows(need) {
+            return Err(forbidden(format!("token scope {:?} does not allow this ({:?} needed)", claims.scope, need)));
+        }
+        if let Some(c) = client {
+            if claims.scope != Scope::Admin && claims.client != *c {
+                return Err(forbidden(format!("token for {} cannot act for client {c}", claims.client)));
+            }
+        }
+        Ok(Some(claims))
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> crate::Result<T> + Send + 'static) -> ApiResult<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(e) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", format!("worker failed: {e}"))),
+    }
+}
+
+/// A `Write` that feeds a streaming response body from a blocking thread.
+struct ChannelWriter {
+    tx: mpsc::Sender<std::io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= 256 * 1024 {
+            self.flush()?;
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let chunk = Bytes::from(std::mem::take(&mut self.buf));
+            self.tx.blocking_send(Ok(chunk)).map_err(|_| std::io::Error::other("client went away"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Stream what `produce` writes as the response body.
+fn stream_body(
+    content_type: &'static str,
+    produce: impl FnOnce(&mut ChannelWriter) -> crate::Result<()> + Send + 'static,
+) -> Response {
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
+    tokio::task::spawn_blocking(move || {
+        let mut w = ChannelWriter { tx: tx.clone(), buf: Vec::new() };
+        let r = produce(&mut w).and_then(|_| w.flush().map_err(|e| Error::io("streaming", e)));
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "stream aborted");
+            // An error mid-body: end the stream with an error so the client sees a broken body.
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+fn layer_id(s: &str) -> ApiResult<LayerId> {
+    Ok(LayerId::parse(s)?)
+}
+
+fn client_id(s: &str) -> ApiResult<ClientId> {
+    Ok(ClientId::new(s)?)
+}
+
+async fn root() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "service": "chunkstore", "version": env!("CARGO_PKG_VERSION"), "protocol": 1 }))
+}
+
+async fn list_layers(State(app): State<Arc<App>>, h: HeaderMap) -> ApiResult<Response> {
+    app.authorize(&h, Scope::Pull, None, true)?;
+    let store = app.store.clone();
+    let layers = blocking(move || store.layers()).await?;
+    Ok(Json(layers).into_response())
+}
+
+async fn get_bundle(State(app): State<Arc<App>>, h: HeaderMap, Path(layer): Path<String>) -> ApiResult<Response> {
+    app.authorize(&h, Scope::Pull, None, true)?;
+    let layer = layer_id(&layer)?;
+    let store = app.store.clone();
+    let b = blocking(move || store.recipe_bundle(&layer).map(|b| b.encode())).await?;
+    Ok(([(header::CONTENT_TYPE, "application/vnd.chunkstore.bundle.v1")], b).into_response())
+}
+
+async fn fetch_chunks(State(app): State<Arc<App>>, h: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    app.authorize(&h, Scope::Pull, None, true)?;
+    let ids = transfer::parse_chunk_ids(&body, MAX_BATCH)?;
+    // Check presence first, so a missing chunk is a clean 404, not a cut stream.
+    let store = app.store.clone();
+    let probe = ids.clone();
+    let missing = blocking(move || store.missing_chunks(&probe)).await?;
+    if let Some(m) = missing.first() {
+        return Err(Error::not_found(format!("{} requested chunks are not here (first: {m})", missing.len())).into());
+    }
+    let store = app.store.clone();
+    let corrupt = app.corrupt;
+    Ok(stream_body("application/vnd.chunkstore.chunks.v1", move |w| {
+        if corrupt {
+            let mut v = Vec::new();
+            store.write_chunk_batch(&ids, &mut v)?;
+            if let Some(b) = v.last_mut() {
+                *b ^= 0x55; // the last chunk's last byte
+            }
+            return w.write_all(&v).map_err(|e| Error::io("streaming", e));
+        }
+        store.write_chunk_batch(&ids, w)
+    }))
+}
+
+async fn missing_chunks(State(app): State<Arc<App>>, h: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    app.authorize(&h, Scope::Push, None, false)?;
+    let ids = transfer::parse_chunk_ids(&body, MAX_QUERY)?;
+    let store = app.store.clone();
+    let missing = blocking(move || store.missing_chunks(&ids)).await?;
+    let out: Vec<u8> = missing.iter().flat_map(|c| *c.as_bytes()).collect();
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], out).into_response())
+}
+
+async fn upload_chunks(State(app): State<Arc<App>>, h: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    app.authorize(&h, Scope::Push, None, false)?;
+    let store = app.store.clone();
+    let n = blocking(move || {
+        let chunks = transfer::read_chunk_batch_any(&body[..])?;
+        store.put_chunks(&chunks).map(|n| (chunks.len(), n))
+    })
+    .await?;
+    Ok(Json(serde_json::json!({ "received": n.0, "stored": n.1 })).into_response())
+}
+
+async fn commit_layer(
+    State(app): State<Arc<App>>,
+    h: HeaderMap,
+    Path(layer): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    app.authorize(&h, Scope::Push, None, false)?;
+    let layer = layer_id(&layer)?;
+    let store = app.store.clone();
+    let summary = blocking(move || {
+        let bundle = RecipeBundle::decode(&body)?;
+        if bundle.layer != layer {
+            return Err(Error::invalid(format!("bundle is for layer {}, not {layer}", bundle.layer)));
+        }
+        store.commit_bundle(&bundle, &IngestOptions::default())
+    })
+    .await?;
+    tracing::info!(layer = %summary.layer.id, new_chunks = summary.new_chunks, "layer committed");
+    Ok(Json(summary).into_response())
+}
+
+async fn dedup_tar(
+    State(app): State<Arc<App>>,
+    h: HeaderMap,
+    Path((client, layer)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let client = client_id(&client)?;
+    app.authorize(&h, Scope::Pull, Some(&client), false)?;
+    let layer = layer_id(&layer)?;
+    let store = app.store.clone();
+    let c = client.clone();
+    let diff = blocking(move || {
+        if store.client(&c).is_err() {
+            store.add_client(&c)?;
+        }
+        store.diff_with(&c, &layer, DiffOptions { deltas: true })
+    })
+    .await?;
+    let store = app.store.clone();
+    Ok(stream_body("application/vnd.chunkstore.dedup-tar.v1+zstd", move |w| {
+        store.write_dedup_tar(&diff, w).map(|_| ())
+    }))
+}
+
+#[derive(serde::Deserialize)]
+struct LayersBody {
+    layers: Vec<String>,
+}
+
+async fn ack(
+    State(app): State<Arc<App>>,
+    h: HeaderMap,
+    Path(client): Path<String>,
+    Json(b): Json<LayersBody>,
+) -> ApiResult<Response> {
+    let client = client_id(&client)?;
+    app.authorize(&h, Scope::Pull, Some(&client), false)?;
+    let layers = b.layers.iter().map(|l| layer_id(l)).collect::<ApiResult<Vec<_>>>()?;
+    let store = app.store.clone();
+    let info = blocking(move || {
+        if store.client(&client).is_err() {
+            store.add_client(&client)?;
+        }
+        store.hold(&client, &layers)?;
+        store.client(&client)
+    })
+    .await?;
+    Ok(Json(info).into_response())
+}
+
+async fn report_possession(
+    State(app): State<Arc<App>>,
+    h: HeaderMap,
+    Path(client): Path<String>,
+    Json(b): Json<LayersBody>,
+) -> ApiResult<Response> {
+    let client = client_id(&client)?;
+    app.authorize(&h, Scope::Pull, Some(&client), false)?;
+    let layers = b.layers.iter().map(|l| layer_id(l)).collect::<ApiResult<Vec<_>>>()?;
+    let store = app.store.clone();
+    let info = blocking(move || {
+        // Layers the hub does not know cannot be counted; keep the rest.
+        let known: Vec<LayerId> = layers.into_iter().filter(|l| matches!(store.layer(l), Ok(Some(_)))).collect();
+        store.set_possession(&client, &known)?;
+        store.client(&client)
+    })
+    .await?;
+    Ok(Json(info).into_response())
+}
+
+async fn get_client(State(app): State<Arc<App>>, h: HeaderMap, Path(client): Path<String>) -> ApiResult<Response> {
+    let client = client_id(&client)?;
+    app.authorize(&h, Scope::Pull, Some(&client), false)?;
+    let store = app.store.clone();
+    Ok(Json(blocking(move || store.client(&client)).await?).into_response())
+}
+
+/// The API's routes over a store.
+pub fn router(store: Arc<Store>, opts: ServeOptions) -> crate::Result<Router> {
+    let tokens = store.token_verifier()?;
+    let corrupt = std::env::var("CHUNKSTORE_TEST_CORRUPT_CHUNKS").is_ok_and(|v| v == "1");
+    let timeout = opts.timeout;
+    let app = Arc::new(App { store, tokens, opts, corrupt });
+    let api = Router::new()
+        .route("/", get(root))
+        .route("/layers", get(list_layers))
+        .route("/layers/{layer}/bundle", get(get_bundle))
+        .route("/layers/{layer}/commit", post(commit_layer))
+        .route("/chunks/fetch", post(fetch_chunks))
+        .route("/chunks/missing", post(missing_chunks))
+        .route("/chunks", post(upload_chunks))
+        .route("/clients/{client}", get(get_client))
+        .route("/clients/{client}/layers/{layer}/dedup", get(dedup_tar))
+        .route("/clients/{client}/ack", post(ack))
+        .route("/clients/{client}/possession", axum::routing::put(report_possession));
+    Ok(Router::new()
+        .nest("/v2/_chunkstore", api)
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint".into()) })
+        .layer(DefaultBodyLimit::max(MAX_UPLOAD))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(app))
+}
+
+/// Serve until SIGTERM or Ctrl-C, then finish in-flight requests.
+/// `on_ready` is told the bound address (useful with port 0).
+pub fn serve(
+    store: Arc<Store>,
+    addr: SocketAddr,
+    opts: ServeOptions,
+    on_ready: impl FnOnce(SocketAddr),
+) -> crate::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the runtime", e))?;
+    rt.block_on(async move {
+        let app = router(store, opts)?;
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.map_err(|e| Error::io(format!("binding {addr}"), e))?;
+        let local = listener.local_addr().map_err(|e| Error::io("local address", e))?;
+        tracing::info!(%local, "listening");
+        on_ready(local);
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(|e| Error::io("serving", e))?;
+        tracing::info!("shut down");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested");
+}

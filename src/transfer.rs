@@ -1,0 +1,417 @@
+//! What crosses the network between stores, independent of HTTP (see
+//! docs/protocol.md): recipe bundles, chunk batches, verified chunks, and the
+//! rebuild of a layer from a bundle plus local chunks.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::ids::{ChunkId, FileId, LayerId};
+use crate::index::{self, CHUNKS, FILES, META, PACKS, RECIPES};
+use crate::ingest::{IngestOptions, IngestSummary};
+use crate::pack::{self, ChunkLoc, PackWriter, MAX_CHUNK};
+use crate::recipe::{FileRecipe, RecipeItem, RecipeReader};
+use crate::store::Store;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{self, Read, Write};
+
+const BUNDLE_MAGIC: &[u8; 8] = b"CSBUNDL1";
+/// Most chunks one batch request may name.
+pub const MAX_BATCH: usize = 1024;
+/// Most ids in one "which are missing" query.
+pub const MAX_QUERY: usize = 65_536;
+/// Largest recipe bundle accepted (a layer of ~1M files).
+pub const MAX_BUNDLE: u64 = 256 << 20;
+const BATCH_ENTRY_HEADER: usize = 40;
+
+/// A chunk whose bytes were checked against its id. Only these enter a pack
+/// through [`Store::put_chunks`].
+#[derive(Debug, Clone)]
+pub struct VerifiedChunk {
+    id: ChunkId,
+    raw_len: u32,
+    /// Stored form: zstd frame, or the raw bytes when `stored.len() == raw_len`.
+    stored: Vec<u8>,
+}
+
+impl VerifiedChunk {
+    /// Check `stored` (zstd or raw, by the pack rule) against `id`.
+    pub fn check(id: ChunkId, raw_len: u32, stored: Vec<u8>) -> Result<Self> {
+        if raw_len == 0 || raw_len > MAX_CHUNK {
+            return Err(Error::invalid(format!("chunk {id}: length {raw_len} out of range")));
+        }
+        let raw = pack::decode_chunk(&stored, raw_len).map_err(|e| e.context(format!("chunk {id}")))?;
+        if ChunkId::of(&raw) != id {
+            return Err(Error::new(ErrorKind::Corrupt, format!("chunk {id}: received bytes do not match its id")));
+        }
+        Ok(VerifiedChunk { id, raw_len, stored })
+    }
+
+    /// The chunk's id.
+    pub fn id(&self) -> &ChunkId {
+        &self.id
+    }
+
+    /// Bytes of its stored (possibly compressed) form.
+    pub fn stored_len(&self) -> usize {
+        self.stored.len()
+    }
+}
+
+/// A layer's recipe with the recipes of all its files.
+#[derive(Debug, Clone)]
+pub struct RecipeBundle {
+    /// The layer.
+    pub layer: LayerId,
+    /// Its encoded layer recipe.
+    pub recipe: Vec<u8>,
+    /// Every content item's file recipe.
+    pub files: HashMap<FileId, FileRecipe>,
+}
+
+impl RecipeBundle {
+    /// `magic | layer [32] | recipe len u64 | recipe | n u32 | (file id [32] | len u32 | file recipe) * n`
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = BUNDLE_MAGIC.to_vec();
+        b.extend_from_slice(self.layer.as_bytes());
+        b.extend_from_slice(&(self.recipe.len() as u64).to_le_bytes());
+        b.extend_from_slice(&self.recipe);
+        b.extend_from_slice(&(self.files.len() as u32).to_le_bytes());
+        let mut ids: Vec<_> = self.files.keys().collect();
+        ids.sort();
+        for id in ids {
+            let r = self.files[id].encode();
+            b.extend_from_slice(id.as_bytes());
+            b.extend_from_slice(&(r.len() as u32).to_le_bytes());
+            b.extend_from_slice(&r);
+        }
+        b
+    }
+
+    /// Parse an untrusted bundle.
+    pub fn decode(b: &[u8]) -> Result<Self> {
+        let bad = |w: &str| Error::invalid(format!("recipe bundle: {w}"));
+        let mut r = b;
+        let mut take = |n: usize| -> Result<&[u8]> {
+            if r.len() < n {
+                return Err(bad("truncated"));
+            }
+            let (h, t) = r.split_at(n);
+            r = t;
+            Ok(h)
+        };
+        if take(8)? != BUNDLE_MAGIC {
+            return Err(bad("bad magic"));
+        }
+        let layer = LayerId::from_bytes(take(32)?.try_into().expect("32 bytes"));
+        let rlen = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
+        let recipe = take(usize::try_from(rlen).map_err(|_| bad("recipe too large"))?)?.to_vec();
+        let n = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes"));
+        let mut files = HashMap::new();
+        for _ in 0..n {
+            let id = FileId::from_bytes(take(32)?.try_into().expect("32 bytes"));
+            let len = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
+            let fr = FileRecipe::decode(take(len)?)?;
+            if !fr.consistent() || fr.chunks.iter().any(|(_, l)| *l == 0 || *l > MAX_CHUNK) {
+                return Err(bad(&format!("file {id}: chunk lengths do not add up")));
+            }
+            files.insert(id, fr);
+        }
+        if !r.is_empty() {
+            return Err(bad("trailing bytes"));
+        }
+        Ok(RecipeBundle { layer, recipe, files })
+    }
+
+    /// Every distinct chunk the layer needs, in first-use order.
+    pub fn chunk_ids(&self) -> Result<Vec<(ChunkId, u32)>> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for item in RecipeReader::new(self.recipe.clone())? {
+            if let RecipeItem::File { id, .. } | RecipeItem::Data { id, .. } = item? {
+                let r = self.files.get(&id).ok_or_else(|| Error::invalid(format!("recipe bundle lacks file {id}")))?;
+                for (c, len) in &r.chunks {
+                    if seen.insert(*c) {
+                        out.push((*c, *len));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Read one chunk batch response: `(id [32] | raw_len u32 | stored_len u32 | stored) *`.
+/// Each chunk is verified before it is returned; `expect` lists what was asked.
+pub fn read_chunk_batch(mut r: impl Read, expect: &[ChunkId]) -> Result<Vec<VerifiedChunk>> {
+    let mut out = Vec::with_capacity(expect.len());
+    let wanted: HashSet<&ChunkId> = expect.iter().collect();
+    let rd = |e: io::Error| crate::error::from_io(e, "reading chunk batch");
+    for _ in 0..expect.len() {
+        let mut h = [0u8; BATCH_ENTRY_HEADER];
+        r.read_exact(&mut h).map_err(rd)?;
+        let id = ChunkId::from_bytes(h[..32].try_into().expect("32 bytes"));
+        let raw_len = u32::from_le_bytes(h[32..36].try_into().expect("4 bytes"));
+        let stored_len = u32::from_le_bytes(h[36..40].try_into().expect("4 bytes"));
+        if !wanted.contains(&id) {
+            return Err(Error::invalid(format!("chunk batch: unrequested chunk {id}")));
+        }
+        if stored_len > MAX_CHUNK + 1024 || raw_len > MAX_CHUNK {
+            return Err(Error::invalid(format!("chunk batch: chunk {id} declares {stored_len} bytes")));
+        }
+        let mut stored = vec![0u8; stored_len as usize];
+        r.read_exact(&mut stored).map_err(rd)?;
+        out.push(VerifiedChunk::check(id, raw_len, stored)?);
+    }
+    Ok(out)
+}
+
+/// Read an uploaded chunk batch of any ids (at most [`MAX_BATCH`]), verifying each.
+pub fn read_chunk_batch_any(mut b: &[u8]) -> Result<Vec<VerifiedChunk>> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        if out.len() >= MAX_BATCH {
+            return Err(Error::invalid(format!("chunk batch: more than {MAX_BATCH} chunks")));
+        }
+        if b.len() < BATCH_ENTRY_HEADER {
+            return Err(Error::invalid("chunk batch: truncated entry header"));
+        }
+        let id = ChunkId::from_bytes(b[..32].try_into().expect("32 bytes"));
+        let raw_len = u32::from_le_bytes(b[32..36].try_into().expect("4 bytes"));
+        let stored_len = u32::from_le_bytes(b[36..40].try_into().expect("4 bytes")) as usize;
+        let rest = &b[BATCH_ENTRY_HEADER..];
+        if stored_len > rest.len() {
+            return Err(Error::invalid(format!("chunk batch: chunk {id} runs past the end")));
+        }
+        out.push(VerifiedChunk::check(id, raw_len, rest[..stored_len].to_vec())?);
+        b = &rest[stored_len..];
+    }
+    Ok(out)
+}
+
+/// Parse a list of chunk ids (a request body of 32-byte ids).
+pub fn parse_chunk_ids(b: &[u8], max: usize) -> Result<Vec<ChunkId>> {
+    if b.len() % 32 != 0 || b.len() / 32 > max {
+        return Err(Error::invalid(format!("expected at most {max} 32-byte chunk ids, got {} bytes", b.len())));
+    }
+    Ok(b.chunks_exact(32).map(|c| ChunkId::from_bytes(c.try_into().expect("32 bytes"))).collect())
+}
+
+impl Store {
+    /// The bundle of a layer's recipe and its files' recipes.
+    pub fn recipe_bundle(&self, layer: &LayerId) -> Result<RecipeBundle> {
+        let tx = self.db.begin_read()?;
+        let recipe = tx
+            .open_table(RECIPES)?
+            .get(&layer.as_bytes()[..])?
+            .ok_or_else(|| Error::not_found(format!("layer {layer} is not in the store")))?
+            .value()
+            .to_vec();
+        let files_t = tx.open_table(FILES)?;
+        let mut files = HashMap::new();
+        for item in RecipeReader::new(recipe.clone())? {
+            if let RecipeItem::File { id, .. } | RecipeItem::Data { id, .. } = item? {
+                if files.contains_key(&id) {
+                    continue;
+                }
+                let v =
+                    files_t.get(&id.as_bytes()[..])?.ok_or_else(|| Error::corrupt(format!("file {id} is missing")))?;
+                files.insert(id, index::decode_file(v.value())?.1);
+            }
+        }
+        Ok(RecipeBundle { layer: *layer, recipe, files })
+    }
+
+    /// Which of `ids` this store lacks.
+    pub fn missing_chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(CHUNKS)?;
+        let mut out = Vec::new();
+        for id in ids {
+            if t.get(&id.as_bytes()[..])?.is_none() {
+                out.push(*id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Write a chunk batch (the wire form of [`read_chunk_batch`]) of `ids`.
+    /// Fails before writing anything if one is missing.
+    pub fn write_chunk_batch(&self, ids: &[ChunkId], mut out: impl Write) -> Result<()> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(CHUNKS)?;
+        let mut locs = Vec::with_capacity(ids.len());
+        for id in ids {
+            let v = t.get(&id.as_bytes()[..])?.ok_or_else(|| Error::not_found(format!("chunk {id} is not here")))?;
+            locs.push(ChunkLoc::decode(v.value())?);
+        }
+        for (id, loc) in ids.iter().zip(locs) {
+            let stored = self.backend.read_pack(loc.pack, loc.offset, loc.stored_len as usize)?;
+            let mut h = [0u8; BATCH_ENTRY_HEADER];
+            h[..32].copy_from_slice(id.as_bytes());
+            h[32..36].copy_from_slice(&loc.raw_len.to_le_bytes());
+            h[36..40].copy_from_slice(&loc.stored_len.to_le_bytes());
+            let w = |e| crate::error::from_io(e, "writing chunk batch");
+            out.write_all(&h).map_err(w)?;
+            out.write_all(&stored).map_err(w)?;
+        }
+        Ok(())
+    }
+
+    /// Store verified chunks not yet held, durably; returns how many were new.
+    pub fn put_chunks(&self, chunks: &[VerifiedChunk]) -> Result<u64> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let new: Vec<&VerifiedChunk> = {
+            let ids: Vec<ChunkId> = chunks.iter().map(|c| c.id).collect();
+            let missing: HashSet<ChunkId> = self.missing_chunks(&ids)?.into_iter().collect();
+            let mut seen = HashSet::new();
+            chunks.iter().filter(|c| missing.contains(&c.id) && seen.insert(c.id)).collect()
+        };
+        if new.is_empty() {
+            return Ok(0);
+        }
+        let id = self.allocate_pack();
+        let mut pw = PackWriter::create(&self.staging, id)?;
+        let mut locs = Vec::with_capacity(new.len());
+        for c in &new {
+            locs.push(pw.append(&c.id, c.raw_len, &c.stored)?);
+        }
+        let (path, len, count) = pw.finish()?;
+        self.backend.put_pack(id, &path)?;
+        let result = (|| -> Result<()> {
+            let tx = self.db.begin_write()?;
+            {
+                let mut meta = tx.open_table(META)?;
+                let mut next = index::get_counter(&meta, index::NEXT_CHUNK_KEY)?;
+                let mut t = tx.open_table(CHUNKS)?;
+                for (c, mut loc) in new.iter().zip(locs) {
+                    loc.num = next;
+                    next = next.checked_add(1).ok_or_else(|| Error::new(ErrorKind::Config, "store is full"))?;
+                    t.insert(&c.id.as_bytes()[..], &loc.encode()[..])?;
+                }
+                meta.insert(index::NEXT_CHUNK_KEY, &next.to_le_bytes()[..])?;
+                tx.open_table(PACKS)?.insert(id.0, &index::PackInfo { len, chunks: count }.encode()[..])?;
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = self.backend.delete_pack(id);
+            return Err(e);
+        }
+        Ok(new.len() as u64)
+    }
+
+    /// Record a layer from a recipe bundle whose chunks this store holds: the
+    /// tar is rebuilt, re-walked and checked against the bundle's diff_id.
+    pub fn commit_bundle(&self, bundle: &RecipeBundle, opts: &IngestOptions) -> Result<IngestSummary> {
+        let needed: Vec<ChunkId> = bundle.chunk_ids()?.into_iter().map(|(c, _)| c).collect();
+        let missing = self.missing_chunks(&needed)?;
+        if !missing.is_empty() {
+            return Err(Error::not_found(format!(
+                "layer {}: {} of its chunks are not here (first: {})",
+                bundle.layer,
+                missing.len(),
+                missing[0]
+            )));
+        }
+        let tx = self.db.begin_read()?;
+        let reader = BundleReader {
+            store: self,
+            chunks: tx.open_table(CHUNKS)?,
+            items: RecipeReader::new(bundle.recipe.clone())?,
+            files: &bundle.files,
+            queue: VecDeque::new(),
+            buf: Vec::new(),
+            pos: 0,
+        };
+        self.ingest(reader, &IngestOptions { expect: Some(bundle.layer), ..opts.clone() })
+    }
+}
+
+/// Rebuilds a layer tar from a bundle and local chunks.
+struct BundleReader<'a> {
+    store: &'a Store,
+    chunks: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    items: RecipeReader,
+    files: &'a HashMap<FileId, FileRecipe>,
+    queue: VecDeque<(ChunkId, u32)>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl BundleReader<'_> {
+    fn refill(&mut self) -> Result<bool> {
+        loop {
+            if let Some((c, len)) = self.queue.pop_front() {
+                let v = self
+                    .chunks
+                    .get(&c.as_bytes()[..])?
+                    .ok_or_else(|| Error::not_found(format!("chunk {c} is not here")))?;
+                let loc = ChunkLoc::decode(v.value())?;
+                if loc.raw_len != len {
+                    return Err(Error::invalid(format!("chunk {c}: bundle says {len} bytes, it has {}", loc.raw_len)));
+                }
+                self.buf = self.store.read_chunk(&loc)?;
+                self.pos = 0;
+                return Ok(true);
+            }
+            match self.items.next_item().map_err(|e| Error::invalid(format!("recipe bundle: {e}")))? {
+                None => return Ok(false),
+                Some(RecipeItem::Raw(b)) => {
+                    self.buf = b;
+                    self.pos = 0;
+                    return Ok(true);
+                }
+                Some(RecipeItem::File { id, size, .. } | RecipeItem::Data { id, size }) => {
+                    let r =
+                        self.files.get(&id).ok_or_else(|| Error::invalid(format!("recipe bundle lacks file {id}")))?;
+                    if r.size != size {
+                        return Err(Error::invalid(format!("recipe bundle: file {id} size disagrees")));
+                    }
+                    self.queue.extend(r.chunks.iter().copied());
+                }
+            }
+        }
+    }
+}
+
+impl Read for BundleReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.buf.len() {
+            if !self.refill()? {
+                return Ok(0);
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundle_round_trip_and_hostile() {
+        let mut files = HashMap::new();
+        files.insert(FileId::of(b"ab"), FileRecipe { size: 2, chunks: vec![(ChunkId::of(b"ab"), 2)] });
+        let b = RecipeBundle { layer: LayerId::from_bytes([1; 32]), recipe: b"CSRECIPE....".to_vec(), files };
+        let e = b.encode();
+        let d = RecipeBundle::decode(&e).unwrap();
+        assert_eq!((d.layer, d.recipe.clone(), d.files.len()), (b.layer, b.recipe.clone(), 1));
+        for cut in [0, 7, 20, e.len() - 1] {
+            assert!(RecipeBundle::decode(&e[..cut]).is_err());
+        }
+        let mut longer = e.clone();
+        longer.push(0);
+        assert!(RecipeBundle::decode(&longer).is_err());
+    }
+
+    #[test]
+    fn verified_chunks_refuse_wrong_bytes() {
+        let id = ChunkId::of(b"hello");
+        assert!(VerifiedChunk::check(id, 5, b"hello".to_vec()).is_ok());
+        assert_eq!(VerifiedChunk::check(id, 5, b"hellO".to_vec()).unwrap_err().kind(), ErrorKind::Corrupt);
+        assert!(VerifiedChunk::check(id, 0, vec![]).is_err());
+    }
+}
