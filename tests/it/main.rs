@@ -5,6 +5,7 @@ mod bad_input;
 mod common;
 mod crash;
 mod dedup;
+mod delta;
 mod golden;
 mod props;
 mod roundtrip;
