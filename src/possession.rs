@@ -81,6 +81,20 @@ impl Possession {
     }
 }
 
+/// The possession record of exactly `layers`: their file and chunk sets,
+/// rebuilt from the layers' number maps.
+fn possession_of(maps: &impl ReadableTable<&'static [u8], &'static [u8]>, layers: Vec<LayerId>) -> Result<Possession> {
+    let mut p = Possession::default();
+    for l in &layers {
+        let m = maps.get(&l.as_bytes()[..])?.ok_or_else(|| Error::not_found(format!("layer {l} is not in the store")))?;
+        let m = LayerMap::decode(m.value())?;
+        p.files |= m.file_set();
+        p.chunks |= m.chunk_set();
+    }
+    p.layers = layers;
+    Ok(p)
+}
+
 /// A client and what it holds.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ClientInfo {
@@ -297,12 +311,23 @@ impl Store {
 
     /// Replace what a client holds with exactly these layers (its own report).
     pub fn set_possession(&self, c: &ClientId, layers: &[LayerId]) -> Result<()> {
-        let current = self.client(c)?.layers;
-        let gone: Vec<LayerId> = current.iter().filter(|l| !layers.contains(l)).copied().collect();
-        if !gone.is_empty() {
-            self.evict(c, &gone)?;
+        let tx = self.db.begin_write()?;
+        {
+            let mut clients = tx.open_table(CLIENTS)?;
+            if clients.get(c.as_str())?.is_none() {
+                return Err(Error::not_found(format!("no client named {c}")));
+            }
+            let mut unique = Vec::with_capacity(layers.len());
+            for l in layers {
+                if !unique.contains(l) {
+                    unique.push(*l);
+                }
+            }
+            let p = possession_of(&tx.open_table(LAYER_MAPS)?, unique)?;
+            clients.insert(c.as_str(), &p.encode()[..])?;
         }
-        self.hold(c, layers)
+        tx.commit()?;
+        Ok(())
     }
 
     /// Record that a client no longer holds these layers; its file and chunk
@@ -318,16 +343,8 @@ impl Store {
             if let Some(l) = layers.iter().find(|l| !old.layers.contains(l)) {
                 return Err(Error::not_found(format!("client {c} does not hold layer {l}")));
             }
-            let maps = tx.open_table(LAYER_MAPS)?;
-            let mut p = Possession::default();
-            for l in old.layers.iter().filter(|l| !layers.contains(l)) {
-                if let Some(m) = maps.get(&l.as_bytes()[..])? {
-                    let m = LayerMap::decode(m.value())?;
-                    p.files |= m.file_set();
-                    p.chunks |= m.chunk_set();
-                }
-                p.layers.push(*l);
-            }
+            let keep = old.layers.iter().filter(|l| !layers.contains(l)).copied().collect();
+            let p = possession_of(&tx.open_table(LAYER_MAPS)?, keep)?;
             clients.insert(c.as_str(), &p.encode()[..])?;
         }
         tx.commit()?;
