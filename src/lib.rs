@@ -72,7 +72,7 @@ pub use remote::{PullSummary, PushSummary, Remote, TransferOptions, Via};
 pub use store::{Store, StoreOptions, StoreStats};
 pub use token::{issue_token_at, Claims, Scope, TokenVerifier};
 pub use transfer::{
-    parse_chunk_ids, read_chunk_batch, read_chunk_batch_any, RecipeBundle, VerifiedChunk, MAX_BATCH, MAX_BUNDLE,
+    parse_chunk_ids, read_chunk_batch, read_chunk_batch_any, RecipeBundle, VerifiedChunk, MAX_BATCH, MAX_BUNDLE, MAX_QUERY,
 };
 pub use verify::{Damage, VerifyOptions, VerifyReport};
 
