@@ -23,12 +23,10 @@ struct State {
 
 impl State {
     fn new() -> State {
-        // The index lives on tmpfs when there is one: its commits fsync.
-        let dir = match std::path::Path::new("/dev/shm").is_dir() {
-            true => tempfile::tempdir_in("/dev/shm"),
-            false => tempfile::tempdir(),
-        }
-        .expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{}-", std::process::id()))
+            .tempdir_in(scratch())
+            .expect("temp dir");
         let backend = Arc::new(MemoryBackend::new());
         let opts = StoreOptions {
             backend: Some(backend.clone()),
@@ -39,6 +37,26 @@ impl State {
         let store = Store::open_with(dir.path(), opts).expect("open store");
         State { store, backend, _dir: dir, layers: 0 }
     }
+}
+
+/// Where stores go: tmpfs when there is one (index commits fsync). The last
+/// store of a run is never dropped (it lives in a static), so each run first
+/// removes what runs no longer alive left behind.
+fn scratch() -> std::path::PathBuf {
+    let base = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm".into() } else { std::env::temp_dir() };
+    let root = base.join("chunkstore-fuzz");
+    static CLEANED: std::sync::Once = std::sync::Once::new();
+    CLEANED.call_once(|| {
+        let _ = std::fs::create_dir_all(&root);
+        for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid: String = name.chars().take_while(char::is_ascii_digit).collect();
+            if !pid.is_empty() && !std::path::Path::new("/proc").join(&pid).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    });
+    root
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
