@@ -21,7 +21,16 @@ pub struct Args {
 pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     let store = ctx.open()?;
     let mut summaries = Vec::new();
-    let mut failed = 0;
+    // Per-file failures; with `--json` they go into the one document printed at the end.
+    let mut errors = Vec::new();
+    let mut fail = |e: &anyhow::Error| {
+        if ctx.json {
+            eprintln!("chunkstore: {e:#}");
+        } else {
+            output::report_error(ctx, e);
+        }
+        errors.push(output::error_json(e));
+    };
     for path in &args.files {
         let name = path.display().to_string();
         let (reader, total): (Box<dyn Read>, Option<u64>) = if name == "-" {
@@ -33,8 +42,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
                     (Box::new(f), len)
                 }
                 Err(e) => {
-                    output::report_error(ctx, &anyhow::Error::new(e).context(format!("{name}: cannot open")));
-                    failed += 1;
+                    fail(&anyhow::Error::new(e).context(format!("{name}: cannot open")));
                     continue;
                 }
             }
@@ -63,16 +71,19 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
                 }
                 summaries.push(s);
             }
-            Err(e) => {
-                output::report_error(ctx, &e);
-                failed += 1;
-            }
+            Err(e) => fail(&e),
         }
     }
-    if ctx.json && (failed == 0 || !summaries.is_empty()) {
-        output::json(&summaries)?;
+    if ctx.json {
+        if errors.is_empty() {
+            output::json(&summaries)?;
+        } else {
+            // One JSON document even when several inputs fail or some succeed:
+            // the first failure where scripts look for it, then all of them.
+            output::json(&serde_json::json!({ "error": errors[0], "errors": errors, "ingested": summaries }))?;
+        }
     }
-    Ok(if failed > 0 { Outcome::Failed(1) } else { Outcome::Ok })
+    Ok(if errors.is_empty() { Outcome::Ok } else { Outcome::Failed(1) })
 }
 
 /// A progress bar on a terminal, fed from the ingest's byte counter.

@@ -16,11 +16,16 @@ fn kind(e: &anyhow::Error) -> String {
         .map_or_else(|| "other".to_string(), |e| format!("{:?}", e.kind()))
 }
 
+/// A failure as JSON: `{"kind": ..., "message": ...}`.
+pub fn error_json(e: &anyhow::Error) -> serde_json::Value {
+    serde_json::json!({ "kind": kind(e), "message": format!("{e:#}") })
+}
+
 /// Report a failure: text on stderr always, a JSON object on stdout with `--json`.
 pub fn report_error(ctx: &Ctx, e: &anyhow::Error) {
     eprintln!("chunkstore: {e:#}");
     if ctx.json {
-        let _ = json(&serde_json::json!({ "error": { "kind": kind(e), "message": format!("{e:#}") } }));
+        let _ = json(&serde_json::json!({ "error": error_json(e) }));
     }
 }
 
