@@ -240,7 +240,7 @@ fn sigkill_at_spread_instants() {
             .unwrap()
     };
 
-    // An uninterrupted run sets the time scale.
+    // An uninterrupted run sets the time scale, and is the run past completion.
     let reference = dir.path().join("reference");
     cs_json(&reference, &["ingest", a.arg()]);
     let t = Instant::now();
@@ -248,19 +248,17 @@ fn sigkill_at_spread_instants() {
     let full = t.elapsed();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains(&b.id));
+    assert_eq!(check_store(&reference, &[&a, &b]).len(), 2);
 
-    // The last run is never killed: it must commit however loaded the machine is.
-    let fractions = [0.0, 0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 0.95, 1.3, f64::INFINITY];
+    let fractions = [0.0, 0.15, 0.35, 0.55, 0.75, 0.95, 1.3];
     let mut outcomes = Vec::new();
     for (i, f) in fractions.iter().enumerate() {
-        let delay = Duration::from_millis(20) + full.mul_f64(f.min(1e3));
+        let delay = Duration::from_millis(20) + full.mul_f64(*f);
         let store = dir.path().join(format!("s{i}"));
         cs_json(&store, &["ingest", a.arg()]);
         let mut child = ingest_b(&store);
-        let running = f.is_finite() && {
-            std::thread::sleep(delay);
-            child.try_wait().unwrap().is_none()
-        };
+        std::thread::sleep(delay);
+        let running = child.try_wait().unwrap().is_none();
         if running {
             child.kill().unwrap();
         }
@@ -287,7 +285,6 @@ fn sigkill_at_spread_instants() {
     }
     eprintln!("full ingest {full:?}; (delay, killed while running, B committed): {outcomes:?}");
     assert!(outcomes.iter().any(|&(_, killed, committed)| killed && !committed), "no kill landed before the commit");
-    assert!(outcomes.last().unwrap().2, "the run left alone did not commit");
 
     // A store whose ingest of B was killed takes B again, byte for byte.
     let (i, _) = outcomes.iter().enumerate().find(|(_, o)| !o.2).unwrap();
