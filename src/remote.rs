@@ -204,7 +204,8 @@ fn http_error(what: &str, resp: reqwest::blocking::Response) -> Error {
     Error::new(kind, format!("{what}: hub answered {}: {msg}", status.as_u16()))
 }
 
-/// Fetched chunks are stored (one pack, one index commit) in groups this big.
+/// Fetched chunks are stored (one pack, one index commit) in groups this big
+/// by default ([`TransferOptions::store_group_bytes`]).
 const STORE_GROUP_BYTES: usize = 64 << 20;
 
 /// How to pull.
@@ -228,13 +229,22 @@ pub struct TransferOptions {
     pub via: Via,
     /// Progress: bytes received or sent so far.
     pub progress: Option<Arc<AtomicU64>>,
+    /// A pull stores fetched chunks durably (one pack, one index commit) each
+    /// time this many bytes have arrived; a killed pull keeps every stored group.
+    pub store_group_bytes: usize,
 }
 
 impl Default for TransferOptions {
     /// Eight requests of 128 chunks (~8 MiB) in flight: enough to fill a
     /// 100 Mbit/s link at 50 ms round trip several times over.
     fn default() -> Self {
-        TransferOptions { concurrency: 8, batch: 128, via: Via::Dedup, progress: None }
+        TransferOptions {
+            concurrency: 8,
+            batch: 128,
+            via: Via::Dedup,
+            progress: None,
+            store_group_bytes: STORE_GROUP_BYTES,
+        }
     }
 }
 
@@ -407,7 +417,7 @@ impl Store {
                 for chunks in rx {
                     bytes += chunks.iter().map(|c| c.stored_len()).sum::<usize>();
                     group.extend(chunks);
-                    if bytes >= STORE_GROUP_BYTES {
+                    if bytes >= opts.store_group_bytes {
                         self.put_chunks(&std::mem::take(&mut group))?;
                         bytes = 0;
                     }

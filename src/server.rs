@@ -356,6 +356,8 @@ pub fn router(store: Arc<Store>, opts: ServeOptions) -> crate::Result<Router> {
         .route("/clients/{client}/ack", post(ack))
         .route("/clients/{client}/possession", axum::routing::put(report_possession));
     Ok(Router::new()
+        // A nested "/" matches only the bare prefix; the documented base is `/v2/_chunkstore/`.
+        .route("/v2/_chunkstore/", get(root))
         .nest("/v2/_chunkstore", api)
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(MAX_UPLOAD))

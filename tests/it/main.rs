@@ -7,5 +7,6 @@ mod crash;
 mod dedup;
 mod delta;
 mod golden;
+mod net;
 mod props;
 mod roundtrip;

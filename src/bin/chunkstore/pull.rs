@@ -25,6 +25,9 @@ pub struct Args {
     /// Chunks per request
     #[arg(long, default_value_t = 128)]
     batch: usize,
+    /// Store fetched chunks durably every this many bytes (tests of resumed pulls)
+    #[arg(long, hide = true)]
+    store_group_bytes: Option<usize>,
     /// Layer digest or unique prefix (of the hub's layers)
     layer: String,
 }
@@ -35,7 +38,10 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     let client = ClientId::new(&args.client)?;
     let layer = hub.resolve_layer(&args.layer)?;
     let via = if args.via == "chunks" { Via::Chunks } else { Via::Dedup };
-    let opts = TransferOptions { concurrency: args.concurrency, batch: args.batch, via, progress: None };
+    let mut opts = TransferOptions { concurrency: args.concurrency, batch: args.batch, via, ..Default::default() };
+    if let Some(n) = args.store_group_bytes {
+        opts.store_group_bytes = n;
+    }
     let s = store.pull(&hub, &client, &layer, &opts)?;
     if ctx.json {
         output::json(&s)?;
