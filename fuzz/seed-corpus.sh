@@ -47,3 +47,9 @@ one = open(f"{out}/one-file.tar", "rb").read()
 open(f"{out}/trailing.tar", "wb").write(one + b"trailing junk")
 PY
 ls -l "$out"
+
+# Seeds for the apply target: the golden dedup tarball's inner tar stream
+# (the target compresses its input) and the tarball itself.
+mkdir -p corpus/apply
+zstd -q -d -c ../testdata/v1/update.dtar >corpus/apply/update.tar
+cp ../testdata/v1/update.dtar corpus/apply/update.dtar

@@ -265,6 +265,9 @@ pub struct PullSummary {
     pub wire_bytes: u64,
     /// The layer as recorded here.
     pub ingest: Option<IngestSummary>,
+    /// Whether the hub was told (not without a token: an anonymous pull from
+    /// a `--public-read` hub goes via chunks and leaves no trace in its maps).
+    pub acknowledged: bool,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -331,11 +334,15 @@ impl Store {
             fetched_chunks: 0,
             wire_bytes: 0,
             ingest: None,
+            acknowledged: false,
             seconds: 0.0,
         };
+        // Without a token only the public part of the API (a --public-read
+        // hub) is open: no dedup tarball, no acknowledgement.
+        let anonymous = hub.token.is_none();
         if self.layer(layer)?.is_some() {
             s.already_present = true;
-        } else if opts.via == Via::Dedup {
+        } else if opts.via == Via::Dedup && !anonymous {
             match self.pull_dedup(hub, client, layer, opts, &wire) {
                 Ok(Some(summary)) => s.ingest = Some(summary),
                 Ok(None) => {
@@ -363,7 +370,12 @@ impl Store {
             s.fetched_chunks = n;
             s.ingest = Some(summary);
         }
-        hub.ack(client, &[*layer])?;
+        if anonymous {
+            s.via = Via::Chunks;
+        } else {
+            hub.ack(client, &[*layer])?;
+            s.acknowledged = true;
+        }
         s.wire_bytes = wire.get();
         s.seconds = started.elapsed().as_secs_f64();
         Ok(s)

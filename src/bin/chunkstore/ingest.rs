@@ -25,7 +25,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     let mut errors = Vec::new();
     let mut fail = |e: &anyhow::Error| {
         if ctx.json {
-            eprintln!("chunkstore: {e:#}");
+            eprintln!("chunkstore: {}", output::message(e));
         } else {
             output::report_error(ctx, e);
         }

@@ -16,14 +16,30 @@ fn kind(e: &anyhow::Error) -> String {
         .map_or_else(|| "other".to_string(), |e| format!("{:?}", e.kind()))
 }
 
+/// The error and its causes on one line. The library's errors already show
+/// their cause, so a cause whose text is already there is not repeated.
+pub fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !out.contains(&s) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&s);
+        }
+    }
+    out
+}
+
 /// A failure as JSON: `{"kind": ..., "message": ...}`.
 pub fn error_json(e: &anyhow::Error) -> serde_json::Value {
-    serde_json::json!({ "kind": kind(e), "message": format!("{e:#}") })
+    serde_json::json!({ "kind": kind(e), "message": message(e) })
 }
 
 /// Report a failure: text on stderr always, a JSON object on stdout with `--json`.
 pub fn report_error(ctx: &Ctx, e: &anyhow::Error) {
-    eprintln!("chunkstore: {e:#}");
+    eprintln!("chunkstore: {}", message(e));
     if ctx.json {
         let _ = json(&serde_json::json!({ "error": error_json(e) }));
     }
