@@ -24,6 +24,8 @@ pub enum ErrorKind {
     Index,
     /// A token is missing, invalid, expired, or does not allow the request.
     Denied,
+    /// A write-once object (a pack) already exists under that name.
+    AlreadyExists,
 }
 
 /// An error with a kind, a message for people, and the underlying cause.

@@ -42,9 +42,11 @@ mod index;
 mod ingest;
 mod input;
 mod layermap;
+mod layerobj;
 mod pack;
 mod possession;
 mod recipe;
+mod reindex;
 #[cfg(feature = "client")]
 mod remote;
 #[cfg(feature = "server")]
@@ -57,6 +59,8 @@ mod verify;
 
 pub use apply::{ApplyOutcome, MissingRef};
 pub use backend::{Backend, FaultyBackend, LocalBackend, MemoryBackend, PackBytes};
+#[cfg(feature = "s3")]
+pub use backend::{S3Backend, S3Options, S3Stats};
 pub use chunker::ChunkerParams;
 pub use dedup::PackSummary;
 pub use error::{Error, ErrorKind, Result};
@@ -65,14 +69,20 @@ pub use ids::{BlobDigest, ChunkId, ClientId, FileId, LayerId, PackId};
 pub use index::LayerInfo;
 pub use ingest::{IngestOptions, IngestSummary};
 pub use input::Compression;
+/// The `object_store` crate the S3 backend is built on, to pass any of its
+/// stores to [`S3Backend::with_store`].
+#[cfg(feature = "s3")]
+pub use object_store;
 pub use possession::{ClientInfo, Diff, DiffOptions, DiffSummary, FileDiff, FileState};
 pub use recipe::{FileRecipe, RecipeItem, RecipeReader};
+pub use reindex::ReindexSummary;
 #[cfg(feature = "client")]
 pub use remote::{PullSummary, PushSummary, Remote, TransferOptions, Via};
 pub use store::{Store, StoreOptions, StoreStats};
 pub use token::{issue_token_at, Claims, Scope, TokenVerifier};
 pub use transfer::{
-    parse_chunk_ids, read_chunk_batch, read_chunk_batch_any, RecipeBundle, VerifiedChunk, MAX_BATCH, MAX_BUNDLE, MAX_QUERY,
+    parse_chunk_ids, read_chunk_batch, read_chunk_batch_any, RecipeBundle, VerifiedChunk, MAX_BATCH, MAX_BUNDLE,
+    MAX_QUERY,
 };
 pub use verify::{Damage, VerifyOptions, VerifyReport};
 

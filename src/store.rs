@@ -20,13 +20,27 @@ pub struct StoreOptions {
     pub compression_level: i32,
     /// Seal a pack once it reaches this many bytes.
     pub pack_size: u64,
-    /// Where packs live; `None` is `<dir>/packs` on the local filesystem.
+    /// Where packs and layer objects live; `None` is `<dir>/packs` and
+    /// `<dir>/layers` on the local filesystem.
     pub backend: Option<Arc<dyn Backend>>,
+    /// Never write to the backend: ingests are refused, and opening deletes
+    /// nothing. The local index (possession records, `reindex`) stays writable.
+    pub read_only: bool,
+    /// Rebuild an empty index from the backend's layer objects on open
+    /// (see [`Store::reindex`]).
+    pub auto_reindex: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { chunker: None, compression_level: 3, pack_size: 64 << 20, backend: None }
+        StoreOptions {
+            chunker: None,
+            compression_level: 3,
+            pack_size: 64 << 20,
+            backend: None,
+            read_only: false,
+            auto_reindex: true,
+        }
     }
 }
 
@@ -75,8 +89,11 @@ impl Store {
         Self::open_with(dir, StoreOptions::default())
     }
 
-    /// Open with options. Reclaims data an interrupted ingest left behind.
-    pub fn open_with(dir: impl AsRef<Path>, opts: StoreOptions) -> Result<Store> {
+    /// Open with options. Reclaims data an interrupted ingest left behind
+    /// (not on a shared backend, nor when read-only), writes layer objects a
+    /// store made before they existed lacks, and rebuilds an empty index from
+    /// the backend's layer objects if there are any.
+    pub fn open_with(dir: impl AsRef<Path>, mut opts: StoreOptions) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
         let mkdir =
             |p: &Path| std::fs::create_dir_all(p).map_err(|e| Error::io(format!("creating {}", p.display()), e));
@@ -84,7 +101,7 @@ impl Store {
         let staging = dir.join("tmp");
         let backend: Arc<dyn Backend> = match &opts.backend {
             Some(b) => b.clone(),
-            None => Arc::new(LocalBackend::new(dir.join("packs"))?),
+            None => Arc::new(LocalBackend::with_dirs(dir.join("packs"), dir.join("layers"))?),
         };
         let db_path = dir.join("chunkstore.redb");
         let db = Database::create(&db_path).map_err(|e| match e {
@@ -99,11 +116,111 @@ impl Store {
             std::fs::remove_dir_all(&staging).map_err(|e| Error::io(format!("clearing {}", staging.display()), e))?;
         }
         mkdir(&staging)?;
+        // A fresh index over a backend that already holds layers takes the
+        // chunker sizes they were made with.
+        let fresh = Self::index_is_empty(&db)?;
+        let existing = if fresh { backend.list_layers()? } else { Vec::new() };
+        let rebuild = !existing.is_empty() && opts.auto_reindex;
+        if let (Some(first), None) = (existing.first(), opts.chunker) {
+            let obj = crate::layerobj::LayerObject::decode(&backend.get_layer(first)?, first)?;
+            opts.chunker = Some(obj.chunker);
+        }
         let params = Self::init_meta(&db, &opts)?;
         let mut store =
             Store { dir, db, backend, params, opts, staging, next_pack: AtomicU64::new(1), write_lock: Mutex::new(()) };
-        store.reclaim()?;
+        if rebuild {
+            tracing::info!("index is empty and the backend holds {} layers: rebuilding the index", existing.len());
+            store.reindex()?;
+        } else if !store.opts.read_only && existing.is_empty() {
+            store.reclaim()?;
+            store.backfill_layer_objects()?;
+        }
+        store.number_packs_past_backend()?;
         Ok(store)
+    }
+
+    /// True when the index records no layer, chunk or pack.
+    fn index_is_empty(db: &Database) -> Result<bool> {
+        let tx = db.begin_read()?;
+        let empty = |r: std::result::Result<redb::ReadOnlyTable<&[u8], &[u8]>, redb::TableError>| -> Result<bool> {
+            match r {
+                Ok(t) => Ok(t.is_empty()?),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok(true),
+                Err(e) => Err(e.into()),
+            }
+        };
+        let packs_empty = match tx.open_table(PACKS) {
+            Ok(t) => t.is_empty()?,
+            Err(redb::TableError::TableDoesNotExist(_)) => true,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(empty(tx.open_table(LAYERS))? && empty(tx.open_table(CHUNKS))? && packs_empty)
+    }
+
+    /// Refuse a write when the store was opened read-only.
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        if self.opts.read_only {
+            return Err(Error::new(ErrorKind::Config, "the store is open read-only"));
+        }
+        Ok(())
+    }
+
+    /// Whether the store was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.opts.read_only
+    }
+
+    /// Write the layer object of every layer the backend lacks one for (a
+    /// store made before layer objects existed).
+    fn backfill_layer_objects(&self) -> Result<()> {
+        if self.backend.is_shared() {
+            return Ok(());
+        }
+        let have: std::collections::HashSet<LayerId> = self.backend.list_layers()?.into_iter().collect();
+        for l in self.layers()? {
+            if !have.contains(&l.id) {
+                let obj = self.layer_object_from_index(&l.id)?;
+                self.backend.put_layer(&l.id, &obj.encode())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Number new packs past every pack the backend holds.
+    fn number_packs_past_backend(&self) -> Result<()> {
+        if let Some(max) = self.backend.list_packs()?.iter().map(|p| p.0).max() {
+            self.pack_ids_past(max);
+        }
+        Ok(())
+    }
+
+    /// Make sure new pack ids are greater than `max`.
+    pub(crate) fn pack_ids_past(&self, max: u64) {
+        self.next_pack.fetch_max(max.saturating_add(1), Ordering::SeqCst);
+    }
+
+    /// Store a sealed pack under a fresh id. `id` is tried first; if another
+    /// writer of a shared backend took it meanwhile, new ids are tried.
+    /// Returns the id the pack was stored under.
+    pub(crate) fn put_pack_fresh(&self, mut id: PackId, staged: &Path) -> Result<PackId> {
+        self.check_writable()?;
+        for _ in 0..64 {
+            match self.backend.put_pack(id, staged) {
+                Ok(()) => return Ok(id),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    tracing::info!("pack {id} already exists in the backend; taking another id");
+                    self.pack_ids_past(id.0);
+                    id = self.allocate_pack();
+                }
+                Err(e) => {
+                    // A backend publishes a pack whole or not at all; this only
+                    // makes sure (the id was ours: nobody else's pack is there).
+                    let _ = self.backend.delete_pack(id);
+                    return Err(e);
+                }
+            }
+        }
+        Err(Error::new(ErrorKind::AlreadyExists, "64 pack ids in a row were already taken in the backend"))
     }
 
     fn init_meta(db: &Database, opts: &StoreOptions) -> Result<ChunkerParams> {
@@ -155,8 +272,10 @@ impl Store {
         Ok(params)
     }
 
-    /// Delete packs the index does not name (left by an ingest that never
-    /// committed) and set the next pack number past every existing one.
+    /// Delete layer objects and packs the index does not name (left by an
+    /// ingest that never committed; layer objects first, as they name packs)
+    /// and set the next pack number past every existing one. On a shared
+    /// backend nothing is deleted: another writer's uploads are not orphans.
     fn reclaim(&mut self) -> Result<()> {
         let known: std::collections::BTreeSet<u64> = {
             let tx = self.db.begin_read()?;
@@ -165,9 +284,17 @@ impl Store {
             r?
         };
         let present = self.backend.list_packs()?;
-        for p in &present {
-            if !known.contains(&p.0) {
-                self.backend.delete_pack(*p)?;
+        if !self.backend.is_shared() {
+            let layers: std::collections::HashSet<LayerId> = self.layers()?.into_iter().map(|l| l.id).collect();
+            for l in self.backend.list_layers()? {
+                if !layers.contains(&l) {
+                    self.backend.delete_layer(&l)?;
+                }
+            }
+            for p in &present {
+                if !known.contains(&p.0) {
+                    self.backend.delete_pack(*p)?;
+                }
             }
         }
         let max = known.iter().copied().chain(present.iter().map(|p| p.0)).max().unwrap_or(0);

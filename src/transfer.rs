@@ -242,8 +242,21 @@ impl Store {
             let v = t.get(&id.as_bytes()[..])?.ok_or_else(|| Error::not_found(format!("chunk {id} is not here")))?;
             locs.push(ChunkLoc::decode(v.value())?);
         }
-        for (id, loc) in ids.iter().zip(locs) {
-            let stored = self.backend.read_pack(loc.pack, loc.offset, loc.stored_len as usize)?;
+        // One batched read per pack (a remote backend fetches its ranges at once).
+        let mut by_pack: HashMap<crate::ids::PackId, Vec<usize>> = HashMap::new();
+        for (i, loc) in locs.iter().enumerate() {
+            by_pack.entry(loc.pack).or_default().push(i);
+        }
+        let mut data: Vec<Option<crate::backend::PackBytes>> = vec![None; locs.len()];
+        for (pack, idx) in by_pack {
+            let ranges: Vec<(u64, usize)> =
+                idx.iter().map(|&i| (locs[i].offset, locs[i].stored_len as usize)).collect();
+            for (i, b) in idx.into_iter().zip(self.backend.read_pack_ranges(pack, &ranges)?) {
+                data[i] = Some(b);
+            }
+        }
+        for ((id, loc), stored) in ids.iter().zip(locs).zip(data) {
+            let stored = stored.expect("every chunk was read");
             let mut h = [0u8; BATCH_ENTRY_HEADER];
             h[..32].copy_from_slice(id.as_bytes());
             h[32..36].copy_from_slice(&loc.raw_len.to_le_bytes());
@@ -274,7 +287,10 @@ impl Store {
             locs.push(pw.append(&c.id, c.raw_len, &c.stored)?);
         }
         let (path, len, count) = pw.finish()?;
-        self.backend.put_pack(id, &path)?;
+        let id = self.put_pack_fresh(id, &path).inspect_err(|_| {
+            let _ = std::fs::remove_file(&path);
+        })?;
+        locs.iter_mut().for_each(|l| l.pack = id);
         let result = (|| -> Result<()> {
             let tx = self.db.begin_write()?;
             {

@@ -52,6 +52,21 @@ impl VerifyReport {
     }
 }
 
+impl Store {
+    /// The backend's layer object must exist and say what the index says.
+    fn check_layer_object(&self, id: &LayerId) -> Option<String> {
+        let want = match self.layer_object_from_index(id) {
+            Ok(o) => o,
+            Err(_) => return None, // the index's own damage is reported above
+        };
+        match self.backend.get_layer(id).and_then(|b| crate::layerobj::LayerObject::decode(&b, id)) {
+            Ok(got) if got == want => None,
+            Ok(_) => Some("its layer object in the backend differs from the index".into()),
+            Err(e) => Some(format!("layer object: {e}")),
+        }
+    }
+}
+
 fn damage(kind: &'static str, id: impl ToString, problem: impl Into<String>) -> Damage {
     Damage { kind, id: id.to_string(), problem: problem.into() }
 }
@@ -184,6 +199,9 @@ impl Store {
             let recipe = recipes.get(k.value())?.map(|r| r.value().to_vec());
             let map = maps.get(k.value())?.map(|m| LayerMap::decode(m.value()));
             if let Err(problem) = check_recipe(&info, recipe, map, &file_size) {
+                report.damaged.push(damage("layer", info.id, problem));
+            }
+            if let Some(problem) = self.check_layer_object(&info.id) {
                 report.damaged.push(damage("layer", info.id, problem));
             }
         }

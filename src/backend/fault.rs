@@ -2,7 +2,7 @@
 
 use super::{Backend, PackBytes};
 use crate::error::{Error, ErrorKind, Result};
-use crate::ids::PackId;
+use crate::ids::{LayerId, PackId};
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -13,12 +13,24 @@ pub struct FaultyBackend {
     inner: Arc<dyn Backend>,
     puts_left: AtomicI64,
     reads_left: AtomicI64,
+    layer_puts_left: AtomicI64,
 }
 
 impl FaultyBackend {
     /// Allow `puts` successful `put_pack` and `reads` successful reads (negative: unlimited).
     pub fn new(inner: Arc<dyn Backend>, puts: i64, reads: i64) -> Self {
-        FaultyBackend { inner, puts_left: AtomicI64::new(puts), reads_left: AtomicI64::new(reads) }
+        FaultyBackend {
+            inner,
+            puts_left: AtomicI64::new(puts),
+            reads_left: AtomicI64::new(reads),
+            layer_puts_left: AtomicI64::new(-1),
+        }
+    }
+
+    /// Also allow only `n` successful `put_layer` calls (negative: unlimited, the default).
+    pub fn with_layer_puts(self, n: i64) -> Self {
+        self.layer_puts_left.store(n, Ordering::SeqCst);
+        self
     }
 
     fn spend(budget: &AtomicI64, what: &str) -> Result<()> {
@@ -51,5 +63,25 @@ impl Backend for FaultyBackend {
     }
     fn delete_pack(&self, id: PackId) -> Result<()> {
         self.inner.delete_pack(id)
+    }
+    fn read_pack_ranges(&self, id: PackId, ranges: &[(u64, usize)]) -> Result<Vec<PackBytes>> {
+        Self::spend(&self.reads_left, "read_pack_ranges")?;
+        self.inner.read_pack_ranges(id, ranges)
+    }
+    fn put_layer(&self, id: &LayerId, object: &[u8]) -> Result<()> {
+        Self::spend(&self.layer_puts_left, "put_layer")?;
+        self.inner.put_layer(id, object)
+    }
+    fn get_layer(&self, id: &LayerId) -> Result<Vec<u8>> {
+        self.inner.get_layer(id)
+    }
+    fn list_layers(&self) -> Result<Vec<LayerId>> {
+        self.inner.list_layers()
+    }
+    fn delete_layer(&self, id: &LayerId) -> Result<()> {
+        self.inner.delete_layer(id)
+    }
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
     }
 }

@@ -1,8 +1,9 @@
-//! Packs as files under `<store>/packs/<xx>/<id>.pack`, read through mmap.
+//! Packs as files under `<store>/packs/<xx>/<id>.pack`, read through mmap;
+//! layer objects as files under `<store>/layers/<diff_id hex>.layer`.
 
-use super::{check_range, Backend, PackBytes};
+use super::{check_range, layer_object_name, parse_layer_object_name, Backend, PackBytes};
 use crate::error::{Error, ErrorKind, Result};
-use crate::ids::PackId;
+use crate::ids::{LayerId, PackId};
 use memmap2::Mmap;
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -13,15 +14,25 @@ use std::sync::{Arc, RwLock};
 #[derive(Debug)]
 pub struct LocalBackend {
     root: PathBuf,
+    layers: PathBuf,
     maps: RwLock<HashMap<PackId, Arc<Mmap>>>,
 }
 
 impl LocalBackend {
-    /// Use (and create) `root` as the pack directory.
+    /// Use (and create) `root` as the pack directory; layer objects go to `root/layers`.
     pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        fs::create_dir_all(&root).map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
-        Ok(LocalBackend { root, maps: RwLock::new(HashMap::new()) })
+        let layers = root.join("layers");
+        Self::with_dirs(root, layers)
+    }
+
+    /// Packs under `packs`, layer objects under `layers` (both created).
+    pub fn with_dirs(packs: impl Into<PathBuf>, layers: impl Into<PathBuf>) -> Result<Self> {
+        let (root, layers) = (packs.into(), layers.into());
+        for d in [&root, &layers] {
+            fs::create_dir_all(d).map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
+        }
+        Ok(LocalBackend { root, layers, maps: RwLock::new(HashMap::new()) })
     }
 
     fn path(&self, id: PackId) -> PathBuf {
@@ -64,7 +75,7 @@ impl Backend for LocalBackend {
             sync_dir(&self.root)?;
         }
         if dest.exists() {
-            return Err(Error::new(ErrorKind::Config, format!("pack {} already exists", dest.display())));
+            return Err(Error::new(ErrorKind::AlreadyExists, format!("pack {} already exists", dest.display())));
         }
         File::open(staged)
             .and_then(|f| f.sync_all())
@@ -108,6 +119,52 @@ impl Backend for LocalBackend {
         self.maps.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
         match fs::remove_file(self.path(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(format!("deleting pack {id}"), e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn put_layer(&self, id: &LayerId, object: &[u8]) -> Result<()> {
+        let dest = self.layers.join(layer_object_name(id));
+        let tmp = self.layers.join(format!(".{}.tmp", layer_object_name(id)));
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, object)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &dest)
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            Error::io(format!("writing {}", dest.display()), e)
+        })?;
+        sync_dir(&self.layers)
+    }
+
+    fn get_layer(&self, id: &LayerId) -> Result<Vec<u8>> {
+        let path = self.layers.join(layer_object_name(id));
+        fs::read(&path).map_err(|e| {
+            let kind = if e.kind() == std::io::ErrorKind::NotFound { ErrorKind::NotFound } else { ErrorKind::Io };
+            Error::new(kind, format!("reading layer object {}", path.display())).with_source(e)
+        })
+    }
+
+    fn list_layers(&self) -> Result<Vec<LayerId>> {
+        let rd = fs::read_dir(&self.layers).map_err(|e| Error::io(format!("listing {}", self.layers.display()), e))?;
+        let mut out = Vec::new();
+        for f in rd {
+            let f = f.map_err(|e| Error::io("listing layer objects", e))?;
+            if let Some(id) = f.file_name().to_str().and_then(parse_layer_object_name) {
+                out.push(id);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn delete_layer(&self, id: &LayerId) -> Result<()> {
+        match fs::remove_file(self.layers.join(layer_object_name(id))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io(format!("deleting layer object {id}"), e))
+            }
             _ => Ok(()),
         }
     }

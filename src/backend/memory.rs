@@ -2,6 +2,7 @@
 
 use super::{check_range, Backend, PackBytes};
 use crate::error::{Error, ErrorKind, Result};
+use crate::ids::LayerId;
 use crate::ids::PackId;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,6 +12,7 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     packs: Mutex<BTreeMap<PackId, Arc<Vec<u8>>>>,
+    layers: Mutex<BTreeMap<LayerId, Vec<u8>>>,
 }
 
 impl MemoryBackend {
@@ -34,7 +36,7 @@ impl Backend for MemoryBackend {
         let data = std::fs::read(staged).map_err(|e| Error::io(format!("reading {}", staged.display()), e))?;
         let mut packs = self.packs.lock().unwrap_or_else(|p| p.into_inner());
         if packs.contains_key(&id) {
-            return Err(Error::new(ErrorKind::Config, format!("pack {id} already exists")));
+            return Err(Error::new(ErrorKind::AlreadyExists, format!("pack {id} already exists")));
         }
         packs.insert(id, Arc::new(data));
         let _ = std::fs::remove_file(staged);
@@ -59,6 +61,25 @@ impl Backend for MemoryBackend {
 
     fn delete_pack(&self, id: PackId) -> Result<()> {
         self.packs.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        Ok(())
+    }
+
+    fn put_layer(&self, id: &LayerId, object: &[u8]) -> Result<()> {
+        self.layers.lock().unwrap_or_else(|p| p.into_inner()).insert(*id, object.to_vec());
+        Ok(())
+    }
+
+    fn get_layer(&self, id: &LayerId) -> Result<Vec<u8>> {
+        let layers = self.layers.lock().unwrap_or_else(|p| p.into_inner());
+        layers.get(id).cloned().ok_or_else(|| Error::not_found(format!("layer object {id} is not in the backend")))
+    }
+
+    fn list_layers(&self) -> Result<Vec<LayerId>> {
+        Ok(self.layers.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect())
+    }
+
+    fn delete_layer(&self, id: &LayerId) -> Result<()> {
+        self.layers.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         Ok(())
     }
 }

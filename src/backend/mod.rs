@@ -1,35 +1,64 @@
-//! The one seam for pack storage. Packs are written and sealed locally, then
-//! handed whole to a backend as immutable objects, and read back by byte range:
-//! a local directory today, an S3-compatible object store next.
+//! The one seam for storage objects. Packs are written and sealed locally,
+//! then handed whole to a backend as immutable objects, and read back by byte
+//! range. Every layer also has a **layer object** (its record and recipes,
+//! see [`crate::Store::reindex`]) so the index can be rebuilt from the backend
+//! alone. Implementations: a local directory (the default), memory, a
+//! fault-injecting wrapper, and an S3-compatible object store (feature `s3`).
 
 mod fault;
 mod local;
 mod memory;
+#[cfg(feature = "s3")]
+mod s3;
 
 pub use fault::FaultyBackend;
 pub use local::LocalBackend;
 pub use memory::MemoryBackend;
+#[cfg(feature = "s3")]
+pub use s3::{S3Backend, S3Options, S3Stats};
 
 use crate::error::Result;
-use crate::ids::PackId;
+use crate::ids::{LayerId, PackId};
 use std::fmt;
 use std::ops::Deref;
 use std::path::Path;
 use std::sync::Arc;
 
-/// Where sealed packs live.
+/// Where sealed packs and layer objects live.
 pub trait Backend: Send + Sync + fmt::Debug {
     /// Store the sealed pack at `staged` (a local file the backend may consume)
-    /// as pack `id`. Durable when this returns. Never overwrites an existing pack.
+    /// as pack `id`. Durable when this returns. Never overwrites an existing
+    /// pack: that fails with [`crate::ErrorKind::AlreadyExists`], and the
+    /// caller picks another id.
     fn put_pack(&self, id: PackId, staged: &Path) -> Result<()>;
     /// `len` bytes of pack `id` starting at `offset`.
     fn read_pack(&self, id: PackId, offset: u64, len: usize) -> Result<PackBytes>;
+    /// Several ranges `(offset, len)` of one pack, in the order asked. Remote
+    /// backends fetch them in as few requests as they can.
+    fn read_pack_ranges(&self, id: PackId, ranges: &[(u64, usize)]) -> Result<Vec<PackBytes>> {
+        ranges.iter().map(|&(o, l)| self.read_pack(id, o, l)).collect()
+    }
     /// The whole pack.
     fn read_whole_pack(&self, id: PackId) -> Result<PackBytes>;
     /// Every pack the backend holds.
     fn list_packs(&self) -> Result<Vec<PackId>>;
     /// Remove a pack; removing an absent pack is not an error.
     fn delete_pack(&self, id: PackId) -> Result<()>;
+    /// Store (or atomically replace) layer `id`'s layer object. Durable when
+    /// this returns.
+    fn put_layer(&self, id: &LayerId, object: &[u8]) -> Result<()>;
+    /// Layer `id`'s layer object; [`crate::ErrorKind::NotFound`] if absent.
+    fn get_layer(&self, id: &LayerId) -> Result<Vec<u8>>;
+    /// Every layer object the backend holds.
+    fn list_layers(&self) -> Result<Vec<LayerId>>;
+    /// Remove a layer object; removing an absent one is not an error.
+    fn delete_layer(&self, id: &LayerId) -> Result<()>;
+    /// True when other processes may write to the same backend (a shared
+    /// bucket): a pack this store's index does not name may then be another
+    /// writer's upload in flight, so opening never deletes "orphans".
+    fn is_shared(&self) -> bool {
+        false
+    }
 }
 
 /// Bytes read from a pack, sharing the backend's buffer or mapping.
@@ -41,7 +70,8 @@ pub struct PackBytes {
 }
 
 impl PackBytes {
-    pub(crate) fn new(owner: Arc<dyn AsRef<[u8]> + Send + Sync>, start: usize, end: usize) -> Self {
+    /// Bytes `start..end` of `owner` (for backends outside this crate).
+    pub fn new(owner: Arc<dyn AsRef<[u8]> + Send + Sync>, start: usize, end: usize) -> Self {
         debug_assert!(start <= end && end <= (*owner).as_ref().len());
         PackBytes { owner, start, end }
     }
@@ -61,4 +91,18 @@ pub(crate) fn check_range(id: PackId, total: usize, offset: u64, len: usize) -> 
         Some(r) => Ok(r),
         None => Err(crate::Error::corrupt(format!("pack {id}: range {offset}+{len} is past its end ({total} bytes)"))),
     }
+}
+
+/// The file or object name of a layer object: `<64 hex diff_id>.layer`.
+pub(crate) fn layer_object_name(id: &LayerId) -> String {
+    format!("{}.layer", id.to_hex())
+}
+
+/// Parse a name made by [`layer_object_name`].
+pub(crate) fn parse_layer_object_name(name: &str) -> Option<LayerId> {
+    let h = name.strip_suffix(".layer")?;
+    if h.len() != 64 || !h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    LayerId::parse(h).ok()
 }

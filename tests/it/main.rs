@@ -10,3 +10,4 @@ mod golden;
 mod net;
 mod props;
 mod roundtrip;
+mod s3;

@@ -10,24 +10,34 @@ mod output;
 mod pack;
 mod pull;
 mod push;
+mod reindex;
 mod serve;
 mod stat;
 mod token;
 mod verify;
 
 use anyhow::{Context, Result};
-use chunkstore::{Store, StoreOptions};
+use chunkstore::{S3Backend, S3Options, Store, StoreOptions};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// Content-addressed chunk store and dedup engine for container image layers.
 #[derive(Parser)]
 #[command(name = "chunkstore", version, about)]
 struct Cli {
-    /// Store directory [default: $CHUNKSTORE_DIR, else the per-user data directory]
-    #[arg(long, global = true, env = "CHUNKSTORE_DIR", value_name = "DIR")]
-    store: Option<PathBuf>,
+    /// Store: a directory, file://DIR, or s3://BUCKET/PREFIX?endpoint=URL (credentials from the
+    /// AWS_* environment variables) [default: $CHUNKSTORE_DIR, else the per-user data directory]
+    #[arg(long, global = true, env = "CHUNKSTORE_DIR", value_name = "DIR|URL")]
+    store: Option<String>,
+    /// Local directory of an s3:// store's index and staging area
+    /// [default: the per-user cache directory, chunkstore/s3/<bucket, prefix and endpoint>]
+    #[arg(long, global = true, env = "CHUNKSTORE_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Never write to the store's packs or layer objects (a second hub serving a shared bucket)
+    #[arg(long, global = true)]
+    read_only: bool,
     /// Print machine-readable JSON on stdout
     #[arg(long, global = true)]
     json: bool,
@@ -50,11 +60,16 @@ enum Verb {
     Token(token::Args),
     Pull(pull::Args),
     Push(push::Args),
+    Reindex(reindex::Args),
 }
 
 /// Shared by every verb.
 pub struct Ctx {
+    /// The local directory: the store itself, or an s3:// store's index and staging.
     pub store_dir: PathBuf,
+    /// The s3:// URL, for an object-store store.
+    pub s3_url: Option<String>,
+    pub read_only: bool,
     pub json: bool,
 }
 
@@ -63,9 +78,52 @@ impl Ctx {
         self.open_with(StoreOptions::default())
     }
 
-    pub fn open_with(&self, opts: StoreOptions) -> Result<Store> {
-        Store::open_with(&self.store_dir, opts).with_context(|| format!("opening store {}", self.store_dir.display()))
+    pub fn open_with(&self, mut opts: StoreOptions) -> Result<Store> {
+        opts.read_only |= self.read_only;
+        let what = match &self.s3_url {
+            Some(url) => {
+                let b = S3Backend::open(url, S3Options { read_only: opts.read_only, ..Default::default() })?;
+                opts.backend = Some(Arc::new(b));
+                format!("{url} (index in {})", self.store_dir.display())
+            }
+            None => self.store_dir.display().to_string(),
+        };
+        Store::open_with(&self.store_dir, opts).with_context(|| format!("opening store {what}"))
     }
+}
+
+/// Where `--store` points: `(local directory, s3 URL)`.
+fn locate(store: Option<String>, cache_dir: Option<PathBuf>) -> Result<(PathBuf, Option<String>), String> {
+    let Some(s) = store else {
+        return dirs::data_dir()
+            .map(|d| (d.join("chunkstore"), None))
+            .ok_or_else(|| "no store directory: pass --store DIR or set CHUNKSTORE_DIR".to_string());
+    };
+    if let Some(p) = s.strip_prefix("file://") {
+        return Ok((PathBuf::from(p), None));
+    }
+    if !s.starts_with("s3://") {
+        if s.contains("://") {
+            return Err(format!("--store {s:?}: only directories, file:// and s3:// URLs are supported"));
+        }
+        return Ok((PathBuf::from(s), None));
+    }
+    let dir = match cache_dir {
+        Some(d) => d,
+        None => {
+            // One directory per bucket, prefix and endpoint.
+            let (path, query) = s["s3://".len()..].split_once('?').unwrap_or((&s["s3://".len()..], ""));
+            let endpoint = query.split('&').find_map(|kv| kv.strip_prefix("endpoint=")).unwrap_or("");
+            let name: String = format!("{}@{endpoint}", path.trim_end_matches('/'))
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || "._-@".contains(c) { c } else { '_' })
+                .collect();
+            dirs::cache_dir()
+                .map(|d| d.join("chunkstore").join("s3").join(name))
+                .ok_or_else(|| "no cache directory for the s3 store's index: pass --cache-dir DIR".to_string())?
+        }
+    };
+    Ok((dir, Some(s)))
 }
 
 /// How a verb ended when it did not simply succeed.
@@ -83,14 +141,14 @@ fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .try_init();
     }
-    let store_dir = match cli.store.or_else(|| dirs::data_dir().map(|d| d.join("chunkstore"))) {
-        Some(d) => d,
-        None => {
-            eprintln!("chunkstore: no store directory: pass --store DIR or set CHUNKSTORE_DIR");
+    let (store_dir, s3_url) = match locate(cli.store, cli.cache_dir) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("chunkstore: {e}");
             return ExitCode::from(2);
         }
     };
-    let ctx = Ctx { store_dir, json: cli.json };
+    let ctx = Ctx { store_dir, s3_url, read_only: cli.read_only, json: cli.json };
     let result = match cli.verb {
         Verb::Ingest(a) => ingest::run(&ctx, a),
         Verb::Export(a) => export::run(&ctx, a),
@@ -105,6 +163,7 @@ fn main() -> ExitCode {
         Verb::Token(a) => token::run(&ctx, a),
         Verb::Pull(a) => pull::run(&ctx, a),
         Verb::Push(a) => push::run(&ctx, a),
+        Verb::Reindex(a) => reindex::run(&ctx, a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

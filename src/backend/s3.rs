@@ -1,0 +1,1022 @@
+//! Packs and layer objects in an S3-compatible object store (AWS S3, Ceph
+//! RADOS Gateway, SeaweedFS, MinIO, …) through the `object_store` crate.
+//!
+//! Layout under the URL's prefix:
+//!
+//! ```text
+//! PREFIX/packs/<16 hex>.pack      sealed packs, written once (create-only puts)
+//! PREFIX/layers/<64 hex>.layer    layer objects (record + recipes), replaced atomically
+//! ```
+//!
+//! The engine is synchronous; this backend owns a small tokio runtime and
+//! blocks on it. Reads go through a bounded in-memory cache of fixed-size
+//! blocks of packs, filled by ranged GETs, with read-ahead when a pack is read
+//! in order; many ranges of one pack are fetched concurrently, one request
+//! per block. Transient errors are retried with exponential backoff (by
+//! `object_store` for each HTTP request, and again here around each
+//! operation); permanent ones (denied, not found, conflicts) are not.
+
+use super::{check_range, layer_object_name, parse_layer_object_name, Backend, PackBytes};
+use crate::error::{Error, ErrorKind, Result};
+use crate::ids::{LayerId, PackId};
+use bytes::Bytes;
+use futures_util::stream::TryStreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{
+    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart,
+};
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// Tuning for [`S3Backend`]; the defaults suit a loopback or LAN endpoint.
+#[derive(Debug, Clone)]
+pub struct S3Options {
+    /// Bytes of pack blocks kept in memory (at least a few blocks).
+    pub cache_bytes: u64,
+    /// Size of one cached block, and of one ranged GET.
+    pub block_size: u64,
+    /// Blocks fetched ahead when a pack is being read in order.
+    pub readahead: u64,
+    /// Packs larger than this are uploaded in parts.
+    pub multipart_threshold: u64,
+    /// Size of one part of a multipart upload (S3 wants at least 5 MiB).
+    pub part_size: usize,
+    /// Parts uploaded at once.
+    pub part_concurrency: usize,
+    /// Attempts of one operation on transient errors (each request is also
+    /// retried by the client underneath).
+    pub attempts: u32,
+    /// First backoff between attempts; doubles each time.
+    pub backoff: Duration,
+    /// Refuse every write and delete.
+    pub read_only: bool,
+}
+
+impl Default for S3Options {
+    fn default() -> Self {
+        S3Options {
+            cache_bytes: 256 << 20,
+            block_size: 4 << 20,
+            readahead: 3,
+            multipart_threshold: 32 << 20,
+            part_size: 8 << 20,
+            part_concurrency: 4,
+            attempts: 4,
+            backoff: Duration::from_millis(200),
+            read_only: false,
+        }
+    }
+}
+
+/// The object-store backend. See the module docs for the bucket layout.
+pub struct S3Backend {
+    store: Arc<dyn ObjectStore>,
+    /// Prefix inside the bucket, without leading or trailing `/` (may be empty).
+    prefix: String,
+    /// For messages: `s3://bucket/prefix`.
+    display: String,
+    opts: S3Options,
+    rt: tokio::runtime::Runtime,
+    cache: Arc<BlockCache>,
+    sizes: Mutex<HashMap<PackId, u64>>,
+    stats: Arc<S3Stats>,
+}
+
+/// Request counters, for benchmarks and tests.
+#[derive(Debug, Default)]
+pub struct S3Stats {
+    /// Ranged and whole GETs.
+    pub gets: AtomicU64,
+    /// PUTs (including multipart parts).
+    pub puts: AtomicU64,
+    /// Bytes received by GETs.
+    pub get_bytes: AtomicU64,
+    /// Operations retried after a transient error.
+    pub retries: AtomicU64,
+}
+
+impl std::fmt::Debug for S3Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Backend").field("location", &self.display).field("opts", &self.opts).finish()
+    }
+}
+
+/// What an `s3://` URL says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct S3Url {
+    bucket: String,
+    prefix: String,
+    params: Vec<(String, String)>,
+}
+
+fn parse_url(url: &str) -> Result<S3Url> {
+    let bad = |w: &str| Error::invalid(format!("{url:?} is not a valid s3:// URL: {w}"));
+    let rest = url.strip_prefix("s3://").ok_or_else(|| bad("it must begin with s3://"))?;
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
+    if bucket.is_empty() {
+        return Err(bad("no bucket name"));
+    }
+    let prefix = prefix.trim_matches('/').to_string();
+    if prefix.split('/').any(|s| s == "." || s == "..") || prefix.contains("//") {
+        return Err(bad("the prefix has an empty, . or .. segment"));
+    }
+    let mut params = Vec::new();
+    for kv in query.split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        params.push((k.to_string(), percent_decode(v).ok_or_else(|| bad("bad %-escape in a parameter"))?));
+    }
+    Ok(S3Url { bucket: bucket.to_string(), prefix, params })
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Whether an error is worth another attempt: transport failures and server
+/// errors are; a client error status (other than 408 and 429) is not.
+fn transient(e: &object_store::Error) -> bool {
+    use object_store::Error as E;
+    match e {
+        E::Generic { .. } => {
+            let mut text = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(s) = src {
+                text.push_str(&s.to_string());
+                src = s.source();
+            }
+            match text.find("status code: ").and_then(|i| text.get(i + 13..i + 16)).and_then(|c| c.parse::<u16>().ok())
+            {
+                Some(c) if (400..500).contains(&c) => c == 408 || c == 429,
+                _ => true,
+            }
+        }
+        E::JoinError { .. } => true,
+        _ => false,
+    }
+}
+
+fn convert(e: object_store::Error, what: &str) -> Error {
+    use object_store::Error as E;
+    let (kind, hint) = match &e {
+        E::NotFound { .. } => (ErrorKind::NotFound, ""),
+        E::AlreadyExists { .. } | E::Precondition { .. } => (ErrorKind::AlreadyExists, ""),
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => (
+            ErrorKind::Io,
+            " (the object store refused the credentials: check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the bucket's policy)",
+        ),
+        E::NotImplemented { .. } | E::NotSupported { .. } => {
+            (ErrorKind::Config, " (the object store does not support conditional puts, which chunkstore needs)")
+        }
+        _ => (ErrorKind::Io, ""),
+    };
+    Error::new(kind, format!("{what}{hint}")).with_source(e)
+}
+
+impl S3Backend {
+    /// Open `s3://BUCKET/PREFIX?endpoint=URL&region=R&…`. Credentials and any
+    /// setting the URL lacks come from the usual `AWS_*` environment variables.
+    /// URL parameters: `endpoint`, `region`, `cache_mb`, `block_kb`,
+    /// `readahead`, `multipart_mb`, `virtual_hosted` (`true`/`false`),
+    /// `read_only` (`true`/`false`). The bucket must exist.
+    pub fn open(url: &str, mut opts: S3Options) -> Result<Self> {
+        use object_store::aws::AmazonS3Builder;
+        let u = parse_url(url)?;
+        let mut b = AmazonS3Builder::from_env().with_bucket_name(&u.bucket);
+        let mut endpoint = std::env::var("AWS_ENDPOINT_URL").ok().or_else(|| std::env::var("AWS_ENDPOINT").ok());
+        let mut region = None;
+        let num = |k: &str, v: &str| -> Result<u64> {
+            v.parse().map_err(|_| Error::invalid(format!("s3 URL parameter {k}={v:?} is not a number")))
+        };
+        let flag = |k: &str, v: &str| -> Result<bool> {
+            match v {
+                "" | "1" | "true" | "yes" => Ok(true),
+                "0" | "false" | "no" => Ok(false),
+                _ => Err(Error::invalid(format!("s3 URL parameter {k}={v:?} is not true or false"))),
+            }
+        };
+        for (k, v) in &u.params {
+            match k.as_str() {
+                "endpoint" => endpoint = Some(v.clone()),
+                "region" => region = Some(v.clone()),
+                "cache_mb" => opts.cache_bytes = num(k, v)? << 20,
+                "block_kb" => opts.block_size = (num(k, v)? << 10).max(64 << 10),
+                "readahead" => opts.readahead = num(k, v)?,
+                "multipart_mb" => opts.multipart_threshold = num(k, v)? << 20,
+                "virtual_hosted" => b = b.with_virtual_hosted_style_request(flag(k, v)?),
+                "read_only" => opts.read_only = flag(k, v)?,
+                _ => return Err(Error::invalid(format!("unknown s3 URL parameter {k:?}"))),
+            }
+        }
+        if let Some(ep) = &endpoint {
+            b = b.with_endpoint(ep.trim_end_matches('/')).with_allow_http(ep.starts_with("http://"));
+        }
+        let has_region = std::env::var_os("AWS_REGION").is_some() || std::env::var_os("AWS_DEFAULT_REGION").is_some();
+        match region {
+            Some(r) => b = b.with_region(r),
+            None if !has_region => b = b.with_region("us-east-1"),
+            None => {}
+        }
+        let retry = object_store::RetryConfig {
+            backoff: object_store::BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(5),
+                base: 2.0,
+            },
+            max_retries: 5,
+            retry_timeout: Duration::from_secs(60),
+        };
+        let store = b.with_retry(retry).build().map_err(|e| convert(e, &format!("configuring {url}")))?;
+        Self::with_store(Arc::new(store), &u.bucket, &u.prefix, opts)
+    }
+
+    /// Use any `object_store` (in-memory, local, S3, a test wrapper) with
+    /// `prefix` as the root; `bucket` is only for messages.
+    pub fn with_store(store: Arc<dyn ObjectStore>, bucket: &str, prefix: &str, opts: S3Options) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("chunkstore-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the object-store runtime", e))?;
+        let prefix = prefix.trim_matches('/').to_string();
+        let display = if prefix.is_empty() { format!("s3://{bucket}") } else { format!("s3://{bucket}/{prefix}") };
+        let blocks = (opts.cache_bytes / opts.block_size.max(1)).max(4);
+        Ok(S3Backend {
+            store,
+            prefix,
+            display,
+            cache: Arc::new(BlockCache::new(blocks as usize)),
+            opts,
+            rt,
+            sizes: Mutex::new(HashMap::new()),
+            stats: Arc::new(S3Stats::default()),
+        })
+    }
+
+    /// Request counters since this backend was opened.
+    pub fn stats(&self) -> &S3Stats {
+        &self.stats
+    }
+
+    /// `s3://bucket/prefix`.
+    pub fn location(&self) -> &str {
+        &self.display
+    }
+
+    fn key(&self, rel: &str) -> ObjPath {
+        if self.prefix.is_empty() {
+            ObjPath::from(rel)
+        } else {
+            ObjPath::from(format!("{}/{rel}", self.prefix))
+        }
+    }
+
+    fn pack_key(&self, id: PackId) -> ObjPath {
+        self.key(&format!("packs/{}", id.file_name()))
+    }
+
+    fn layer_key(&self, id: &LayerId) -> ObjPath {
+        self.key(&format!("layers/{}", layer_object_name(id)))
+    }
+
+    /// Run a future on the private runtime and wait for it. Works from any
+    /// thread, including one of another runtime's blocking pool.
+    fn block<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.rt.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv().expect("the object-store runtime dropped a task")
+    }
+
+    /// Run `op` until it succeeds, fails permanently, or runs out of attempts.
+    fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(u32) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<T, object_store::Error>> + Send,
+    {
+        let attempts = self.opts.attempts.max(1);
+        let backoff = self.opts.backoff;
+        let stats = self.stats.clone();
+        self.block(async move {
+            let mut delay = backoff;
+            let mut attempt = 0;
+            loop {
+                match op(attempt).await {
+                    Ok(v) => return Ok(v),
+                    Err(e) if attempt + 1 < attempts && transient(&e) => {
+                        stats.retries.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("object store: {e}; retrying in {delay:?}");
+                        tokio::time::sleep(delay).await;
+                        delay = delay.saturating_mul(2);
+                        attempt += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .map_err(|e| convert(e, &format!("{what} ({})", self.display)))
+    }
+
+    fn check_writable(&self, what: &str) -> Result<()> {
+        if self.opts.read_only {
+            return Err(Error::new(ErrorKind::Config, format!("{what}: {} is opened read-only", self.display)));
+        }
+        Ok(())
+    }
+
+    /// Create-only put of `data` at `key`. A retried attempt that meets
+    /// "already exists" checks whether the object is ours (the first attempt
+    /// may have succeeded with its answer lost).
+    fn put_create(&self, key: ObjPath, data: Bytes, what: &str) -> Result<()> {
+        let store = self.store.clone();
+        let stats = self.stats.clone();
+        self.retry(what, move |attempt| {
+            let (store, key, data, stats) = (store.clone(), key.clone(), data.clone(), stats.clone());
+            async move {
+                stats.puts.fetch_add(1, Ordering::Relaxed);
+                let opts = PutOptions::from(PutMode::Create);
+                match store.put_opts(&key, PutPayload::from_bytes(data.clone()), opts).await {
+                    Ok(_) => Ok(()),
+                    Err(e @ object_store::Error::AlreadyExists { .. }) if attempt > 0 => {
+                        let theirs = match store.get(&key).await {
+                            Ok(r) => r.bytes().await.ok(),
+                            Err(_) => None,
+                        };
+                        if theirs.as_ref() == Some(&data) {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        })
+    }
+
+    fn put_multipart(&self, key: ObjPath, data: Bytes, what: &str) -> Result<()> {
+        let store = self.store.clone();
+        let stats = self.stats.clone();
+        let (part, conc) = (self.opts.part_size.max(5 << 20), self.opts.part_concurrency.max(1));
+        self.retry(what, move |_| {
+            let (store, key, data, stats) = (store.clone(), key.clone(), data.clone(), stats.clone());
+            async move {
+                let upload = store.put_multipart(&key).await?;
+                let mut w = WriteMultipart::new_with_chunk_size(upload, part);
+                let mut off = 0;
+                while off < data.len() {
+                    let end = (off + part).min(data.len());
+                    if let Err(e) = w.wait_for_capacity(conc).await {
+                        let _ = w.abort().await;
+                        return Err(e);
+                    }
+                    stats.puts.fetch_add(1, Ordering::Relaxed);
+                    w.put(data.slice(off..end));
+                    off = end;
+                }
+                match w.finish().await {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+        })
+    }
+
+    /// One block of a pack, from the cache or fetched (and shared with any
+    /// concurrent reader of the same block).
+    fn block_of(&self, id: PackId, k: u64) -> Result<Bytes> {
+        let slot = match self.cache.lookup_or_claim(id, k) {
+            Lookup::Ready(b) => return Ok(b),
+            Lookup::Wait(slot) => slot,
+            Lookup::Fetch(slot) => {
+                let r = self.fetch_block_now(id, k);
+                self.cache.complete(id, k, &slot, r.as_ref().map(|b| b.clone()).map_err(|e| e.to_string()));
+                return r;
+            }
+        };
+        slot.wait().map_err(|m| Error::new(ErrorKind::Io, format!("reading pack {id} block {k}: {m}")))
+    }
+
+    fn fetch_block_now(&self, id: PackId, k: u64) -> Result<Bytes> {
+        let bs = self.opts.block_size;
+        let (b, size) = self.retry(&format!("reading pack {id}"), {
+            let (store, key, stats) = (self.store.clone(), self.pack_key(id), self.stats.clone());
+            move |_| fetch_range(store.clone(), key.clone(), stats.clone(), k * bs..(k + 1) * bs)
+        })?;
+        self.sizes.lock().unwrap_or_else(|p| p.into_inner()).insert(id, size);
+        Ok(b)
+    }
+
+    /// Start fetching blocks `ks` of a pack in the background (read-ahead).
+    fn prefetch(&self, id: PackId, ks: impl Iterator<Item = u64>) {
+        let bs = self.opts.block_size;
+        for k in ks {
+            let Lookup::Fetch(slot) = self.cache.lookup_or_claim(id, k) else { continue };
+            let (store, key, stats, cache) =
+                (self.store.clone(), self.pack_key(id), self.stats.clone(), self.cache.clone());
+            self.rt.spawn(async move {
+                let r = fetch_range(store, key, stats, k * bs..(k + 1) * bs).await;
+                cache.complete(id, k, &slot, r.map(|(b, _)| b).map_err(|e| e.to_string()));
+            });
+        }
+    }
+
+    fn pack_size(&self, id: PackId) -> Option<u64> {
+        self.sizes.lock().unwrap_or_else(|p| p.into_inner()).get(&id).copied()
+    }
+
+    /// Assemble `[offset, offset+len)` from cached blocks.
+    fn range_from_blocks(&self, id: PackId, offset: u64, len: usize) -> Result<PackBytes> {
+        let bs = self.opts.block_size;
+        if len == 0 {
+            return Ok(PackBytes::new(Arc::new(Bytes::new()), 0, 0));
+        }
+        let end = offset + len as u64;
+        let (k0, k1) = (offset / bs, (end - 1) / bs);
+        let first = self.block_of(id, k0)?;
+        // Read ahead when the pack is being read in order.
+        if self.opts.readahead > 0 && (k0 == 0 || self.cache.contains(id, k0 - 1)) {
+            let last = self.pack_size(id).map_or(u64::MAX, |s| s.div_ceil(bs));
+            self.prefetch(id, (k1 + 1..=k1 + self.opts.readahead).filter(|k| *k < last));
+        }
+        let size = self.pack_size(id).unwrap_or(k0 * bs + first.len() as u64);
+        check_range(id, size as usize, offset, len)?;
+        let s = (offset - k0 * bs) as usize;
+        if k0 == k1 {
+            return Ok(PackBytes::new(Arc::new(first), s, s + len));
+        }
+        let mut v = Vec::with_capacity(len);
+        v.extend_from_slice(&first[s..]);
+        for k in k0 + 1..=k1 {
+            let b = self.block_of(id, k)?;
+            let want = len - v.len();
+            v.extend_from_slice(&b[..want.min(b.len())]);
+        }
+        if v.len() != len {
+            return Err(Error::corrupt(format!("pack {id}: range {offset}+{len} is past its end")));
+        }
+        Ok(PackBytes::new(Arc::new(v), 0, len))
+    }
+
+    fn list_names(&self, dir: &str) -> Result<Vec<String>> {
+        let store = self.store.clone();
+        let prefix = self.key(dir);
+        self.retry(&format!("listing {dir}"), move |_| {
+            let (store, prefix) = (store.clone(), prefix.clone());
+            async move {
+                let metas: Vec<_> = store.list(Some(&prefix)).try_collect().await?;
+                Ok(metas.into_iter().filter_map(|m| m.location.filename().map(str::to_string)).collect())
+            }
+        })
+    }
+}
+
+async fn fetch_range(
+    store: Arc<dyn ObjectStore>,
+    key: ObjPath,
+    stats: Arc<S3Stats>,
+    range: std::ops::Range<u64>,
+) -> std::result::Result<(Bytes, u64), object_store::Error> {
+    stats.gets.fetch_add(1, Ordering::Relaxed);
+    let r = store.get_opts(&key, GetOptions { range: Some(GetRange::Bounded(range)), ..Default::default() }).await?;
+    let size = r.meta.size;
+    let b = r.bytes().await?;
+    stats.get_bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+    Ok((b, size))
+}
+
+impl Backend for S3Backend {
+    fn put_pack(&self, id: PackId, staged: &Path) -> Result<()> {
+        self.check_writable("storing a pack")?;
+        let data =
+            Bytes::from(std::fs::read(staged).map_err(|e| Error::io(format!("reading {}", staged.display()), e))?);
+        let key = self.pack_key(id);
+        let what = format!("uploading pack {id}");
+        if data.len() as u64 <= self.opts.multipart_threshold {
+            self.put_create(key, data.clone(), &what)?;
+        } else {
+            // Multipart uploads cannot be create-only: claim the name first
+            // with a create-only put of a small marker, then replace it.
+            let mut claim = b"CSCLAIM1".to_vec();
+            let mut token = [0u8; 16];
+            getrandom::getrandom(&mut token)
+                .map_err(|e| Error::new(ErrorKind::Io, format!("drawing a random claim token: {e}")))?;
+            claim.extend_from_slice(&token);
+            self.put_create(key.clone(), Bytes::from(claim), &what)?;
+            if let Err(e) = self.put_multipart(key.clone(), data.clone(), &what) {
+                let _ = self.delete_pack(id);
+                return Err(e);
+            }
+        }
+        self.sizes.lock().unwrap_or_else(|p| p.into_inner()).insert(id, data.len() as u64);
+        let _ = std::fs::remove_file(staged);
+        Ok(())
+    }
+
+    fn read_pack(&self, id: PackId, offset: u64, len: usize) -> Result<PackBytes> {
+        self.range_from_blocks(id, offset, len)
+    }
+
+    fn read_pack_ranges(&self, id: PackId, ranges: &[(u64, usize)]) -> Result<Vec<PackBytes>> {
+        // Fetch every block any range touches at once, then slice.
+        let bs = self.opts.block_size;
+        let mut ks: Vec<u64> =
+            ranges.iter().filter(|(_, l)| *l > 0).flat_map(|&(o, l)| (o / bs)..=((o + l as u64 - 1) / bs)).collect();
+        ks.sort_unstable();
+        ks.dedup();
+        self.prefetch(id, ks.into_iter());
+        ranges.iter().map(|&(o, l)| self.range_from_blocks(id, o, l)).collect()
+    }
+
+    fn read_whole_pack(&self, id: PackId) -> Result<PackBytes> {
+        let (store, key, stats) = (self.store.clone(), self.pack_key(id), self.stats.clone());
+        let b = self.retry(&format!("reading pack {id}"), move |_| {
+            let (store, key, stats) = (store.clone(), key.clone(), stats.clone());
+            async move {
+                stats.gets.fetch_add(1, Ordering::Relaxed);
+                let b = store.get(&key).await?.bytes().await?;
+                stats.get_bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                Ok(b)
+            }
+        })?;
+        self.sizes.lock().unwrap_or_else(|p| p.into_inner()).insert(id, b.len() as u64);
+        let n = b.len();
+        Ok(PackBytes::new(Arc::new(b), 0, n))
+    }
+
+    fn list_packs(&self) -> Result<Vec<PackId>> {
+        let mut out: Vec<PackId> = self.list_names("packs")?.iter().filter_map(|n| PackId::from_file_name(n)).collect();
+        out.sort();
+        Ok(out)
+    }
+
+    fn delete_pack(&self, id: PackId) -> Result<()> {
+        self.check_writable("deleting a pack")?;
+        self.cache.forget(id);
+        self.sizes.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        let (store, key) = (self.store.clone(), self.pack_key(id));
+        self.retry(&format!("deleting pack {id}"), move |_| {
+            let (store, key) = (store.clone(), key.clone());
+            async move {
+                match store.delete(&key).await {
+                    Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    r => r,
+                }
+            }
+        })
+    }
+
+    fn put_layer(&self, id: &LayerId, object: &[u8]) -> Result<()> {
+        self.check_writable("storing a layer object")?;
+        let (store, key, stats) = (self.store.clone(), self.layer_key(id), self.stats.clone());
+        let data = Bytes::copy_from_slice(object);
+        self.retry(&format!("uploading layer object {id}"), move |_| {
+            let (store, key, data, stats) = (store.clone(), key.clone(), data.clone(), stats.clone());
+            async move {
+                stats.puts.fetch_add(1, Ordering::Relaxed);
+                store.put(&key, PutPayload::from_bytes(data)).await.map(|_| ())
+            }
+        })
+    }
+
+    fn get_layer(&self, id: &LayerId) -> Result<Vec<u8>> {
+        let (store, key, stats) = (self.store.clone(), self.layer_key(id), self.stats.clone());
+        let b = self.retry(&format!("reading layer object {id}"), move |_| {
+            let (store, key, stats) = (store.clone(), key.clone(), stats.clone());
+            async move {
+                stats.gets.fetch_add(1, Ordering::Relaxed);
+                store.get(&key).await?.bytes().await
+            }
+        })?;
+        Ok(b.to_vec())
+    }
+
+    fn list_layers(&self) -> Result<Vec<LayerId>> {
+        let mut out: Vec<LayerId> =
+            self.list_names("layers")?.iter().filter_map(|n| parse_layer_object_name(n)).collect();
+        out.sort();
+        Ok(out)
+    }
+
+    fn delete_layer(&self, id: &LayerId) -> Result<()> {
+        self.check_writable("deleting a layer object")?;
+        let (store, key) = (self.store.clone(), self.layer_key(id));
+        self.retry(&format!("deleting layer object {id}"), move |_| {
+            let (store, key) = (store.clone(), key.clone());
+            async move {
+                match store.delete(&key).await {
+                    Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    r => r,
+                }
+            }
+        })
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+}
+
+// ---- The block cache ----
+
+enum SlotState {
+    Pending,
+    Ready(Bytes),
+    Failed(String),
+}
+
+/// One block being fetched or fetched; readers wait on it.
+struct Slot {
+    state: Mutex<SlotState>,
+    cond: Condvar,
+}
+
+impl Slot {
+    fn wait(&self) -> std::result::Result<Bytes, String> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            match &*s {
+                SlotState::Pending => s = self.cond.wait(s).unwrap_or_else(|p| p.into_inner()),
+                SlotState::Ready(b) => return Ok(b.clone()),
+                SlotState::Failed(m) => return Err(m.clone()),
+            }
+        }
+    }
+}
+
+enum Lookup {
+    Ready(Bytes),
+    /// Another thread is fetching it.
+    Wait(Arc<Slot>),
+    /// The caller must fetch it and call `complete`.
+    Fetch(Arc<Slot>),
+}
+
+struct CacheInner {
+    blocks: HashMap<(PackId, u64), (Arc<Slot>, u64)>,
+    tick: u64,
+}
+
+/// A bounded LRU of pack blocks.
+struct BlockCache {
+    cap: usize,
+    inner: Mutex<CacheInner>,
+}
+
+impl BlockCache {
+    fn new(cap: usize) -> Self {
+        BlockCache { cap, inner: Mutex::new(CacheInner { blocks: HashMap::new(), tick: 0 }) }
+    }
+
+    fn lookup_or_claim(&self, id: PackId, k: u64) -> Lookup {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.tick += 1;
+        let tick = g.tick;
+        if let Some((slot, t)) = g.blocks.get_mut(&(id, k)) {
+            *t = tick;
+            let slot = slot.clone();
+            drop(g);
+            let ready = match &*slot.state.lock().unwrap_or_else(|p| p.into_inner()) {
+                SlotState::Ready(b) => Some(b.clone()),
+                _ => None,
+            };
+            return match ready {
+                Some(b) => Lookup::Ready(b),
+                None => Lookup::Wait(slot),
+            };
+        }
+        let slot = Arc::new(Slot { state: Mutex::new(SlotState::Pending), cond: Condvar::new() });
+        g.blocks.insert((id, k), (slot.clone(), tick));
+        while g.blocks.len() > self.cap {
+            // Evict the least recently used block that is not being fetched.
+            let victim = g
+                .blocks
+                .iter()
+                .filter(|(_, (s, _))| !matches!(*s.state.lock().unwrap_or_else(|p| p.into_inner()), SlotState::Pending))
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(key, _)| *key);
+            match victim {
+                Some(v) => {
+                    g.blocks.remove(&v);
+                }
+                None => break,
+            }
+        }
+        Lookup::Fetch(slot)
+    }
+
+    fn complete(&self, id: PackId, k: u64, slot: &Arc<Slot>, r: std::result::Result<Bytes, String>) {
+        let failed = r.is_err();
+        *slot.state.lock().unwrap_or_else(|p| p.into_inner()) = match r {
+            Ok(b) => SlotState::Ready(b),
+            Err(m) => SlotState::Failed(m),
+        };
+        slot.cond.notify_all();
+        if failed {
+            // Let the next reader try again.
+            let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            if g.blocks.get(&(id, k)).is_some_and(|(s, _)| Arc::ptr_eq(s, slot)) {
+                g.blocks.remove(&(id, k));
+            }
+        }
+    }
+
+    fn contains(&self, id: PackId, k: u64) -> bool {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).blocks.contains_key(&(id, k))
+    }
+
+    fn forget(&self, id: PackId) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).blocks.retain(|(p, _), _| *p != id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = parse_url("s3://b/a/b/?endpoint=http%3A%2F%2F127.0.0.1:7480&cache_mb=8").unwrap();
+        assert_eq!(u.bucket, "b");
+        assert_eq!(u.prefix, "a/b");
+        assert_eq!(u.params[0], ("endpoint".into(), "http://127.0.0.1:7480".into()));
+        assert_eq!(parse_url("s3://b").unwrap().prefix, "");
+        assert!(parse_url("s3:///x").is_err());
+        assert!(parse_url("s3://b/../x").is_err());
+        assert!(parse_url("file:///x").is_err());
+    }
+
+    fn mem(opts: S3Options) -> S3Backend {
+        S3Backend::with_store(Arc::new(object_store::memory::InMemory::new()), "test", "p", opts).unwrap()
+    }
+
+    #[test]
+    fn packs_round_trip_through_blocks() {
+        let b = mem(S3Options { block_size: 64 << 10, cache_bytes: 256 << 10, ..Default::default() });
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let staged = dir.path().join("x");
+        std::fs::write(&staged, &data).unwrap();
+        b.put_pack(PackId(1), &staged).unwrap();
+        std::fs::write(&staged, &data).unwrap();
+        assert_eq!(b.put_pack(PackId(1), &staged).unwrap_err().kind(), ErrorKind::AlreadyExists);
+        for (o, l) in [(0u64, 10usize), (65_000, 2_000), (999_990, 10), (300_000, 200_000)] {
+            assert_eq!(&*b.read_pack(PackId(1), o, l).unwrap(), &data[o as usize..o as usize + l]);
+        }
+        assert!(b.read_pack(PackId(1), 999_990, 11).is_err());
+        let rs = b.read_pack_ranges(PackId(1), &[(5, 5), (700_000, 70_000), (0, 0)]).unwrap();
+        assert_eq!(&*rs[1], &data[700_000..770_000]);
+        assert_eq!(&*b.read_whole_pack(PackId(1)).unwrap(), &data[..]);
+        assert_eq!(b.list_packs().unwrap(), vec![PackId(1)]);
+        b.delete_pack(PackId(1)).unwrap();
+        assert!(b.list_packs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn large_packs_go_multipart_and_stay_create_only() {
+        let b = mem(S3Options { multipart_threshold: 1 << 20, part_size: 5 << 20, ..Default::default() });
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..12_000_000u32).map(|i| (i % 253) as u8).collect();
+        let staged = dir.path().join("x");
+        std::fs::write(&staged, &data).unwrap();
+        b.put_pack(PackId(9), &staged).unwrap();
+        assert_eq!(&*b.read_whole_pack(PackId(9)).unwrap(), &data[..]);
+        std::fs::write(&staged, b"other").unwrap();
+        assert_eq!(b.put_pack(PackId(9), &staged).unwrap_err().kind(), ErrorKind::AlreadyExists);
+    }
+
+    #[test]
+    fn layer_objects() {
+        let b = mem(S3Options::default());
+        let id = LayerId::from_bytes([3; 32]);
+        b.put_layer(&id, b"one").unwrap();
+        b.put_layer(&id, b"two").unwrap();
+        assert_eq!(b.get_layer(&id).unwrap(), b"two");
+        assert_eq!(b.list_layers().unwrap(), vec![id]);
+        assert_eq!(b.get_layer(&LayerId::from_bytes([4; 32])).unwrap_err().kind(), ErrorKind::NotFound);
+        b.delete_layer(&id).unwrap();
+        assert!(b.list_layers().unwrap().is_empty());
+        let ro = mem(S3Options { read_only: true, ..Default::default() });
+        assert!(ro.put_layer(&id, b"x").is_err());
+    }
+
+    /// An in-memory store whose puts fail on demand: `transient` more
+    /// failures that a retry gets past, or every put of a key containing
+    /// `deny` refused as a permanent error.
+    #[derive(Debug)]
+    struct Flaky {
+        inner: object_store::memory::InMemory,
+        transient: std::sync::atomic::AtomicI64,
+        deny: Mutex<Option<String>>,
+        /// Fail every part of a multipart upload after this many (an
+        /// interrupted upload); negative: never.
+        parts_ok: Arc<std::sync::atomic::AtomicI64>,
+    }
+
+    impl std::fmt::Display for Flaky {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Flaky")
+        }
+    }
+
+    impl Flaky {
+        fn new() -> Arc<Flaky> {
+            Arc::new(Flaky {
+                inner: object_store::memory::InMemory::new(),
+                transient: 0.into(),
+                deny: Mutex::new(None),
+                parts_ok: Arc::new((-1).into()),
+            })
+        }
+
+        fn fail(&self, key: &object_store::path::Path) -> object_store::Result<()> {
+            if let Some(d) = self.deny.lock().unwrap().as_deref() {
+                if key.as_ref().contains(d) {
+                    return Err(object_store::Error::PermissionDenied {
+                        path: key.to_string(),
+                        source: "injected: access denied".into(),
+                    });
+                }
+            }
+            if self.transient.fetch_sub(1, Ordering::SeqCst) > 0 {
+                return Err(object_store::Error::Generic {
+                    store: "Flaky",
+                    source: "injected: Server returned non-2xx status code: 503 Service Unavailable".into(),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    #[derive(Debug)]
+    struct FlakyUpload(Box<dyn object_store::MultipartUpload>, Arc<std::sync::atomic::AtomicI64>);
+
+    #[async_trait::async_trait]
+    impl object_store::MultipartUpload for FlakyUpload {
+        fn put_part(&mut self, data: PutPayload) -> object_store::UploadPart {
+            let left = self.1.load(Ordering::SeqCst);
+            if left >= 0 && self.1.fetch_sub(1, Ordering::SeqCst) <= 0 {
+                self.1.store(0, Ordering::SeqCst);
+                return Box::pin(async {
+                    Err(object_store::Error::Generic { store: "Flaky", source: "injected: connection reset".into() })
+                });
+            }
+            self.0.put_part(data)
+        }
+        async fn complete(&mut self) -> object_store::Result<object_store::PutResult> {
+            self.0.complete().await
+        }
+        async fn abort(&mut self) -> object_store::Result<()> {
+            self.0.abort().await
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Flaky {
+        async fn put_opts(
+            &self,
+            location: &ObjPath,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            self.fail(location)?;
+            self.inner.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &ObjPath,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.fail(location)?;
+            let up = self.inner.put_multipart_opts(location, opts).await?;
+            Ok(Box::new(FlakyUpload(up, self.parts_ok.clone())))
+        }
+        async fn get_opts(
+            &self,
+            location: &ObjPath,
+            options: GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: futures_util::stream::BoxStream<'static, object_store::Result<ObjPath>>,
+        ) -> futures_util::stream::BoxStream<'static, object_store::Result<ObjPath>> {
+            self.inner.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&ObjPath>,
+        ) -> futures_util::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&ObjPath>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &ObjPath,
+            to: &ObjPath,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    fn flaky_store(f: &Arc<Flaky>, dir: &Path, multipart: u64) -> crate::Store {
+        let opts = S3Options {
+            backoff: Duration::from_millis(1),
+            multipart_threshold: multipart,
+            part_size: 5 << 20,
+            ..Default::default()
+        };
+        let b = S3Backend::with_store(f.clone(), "test", "p", opts).unwrap();
+        let so = crate::StoreOptions { backend: Some(Arc::new(b)), pack_size: 256 << 10, ..Default::default() };
+        crate::Store::open_with(dir, so).unwrap()
+    }
+
+    fn layer_tar(seed: u64, n: usize) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut x = seed | 1;
+        let data: Vec<u8> = (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append_data(&mut h, "f.bin", &data[..]).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    fn names(f: &Flaky) -> Vec<String> {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let metas: Vec<_> = rt.block_on(f.inner.list(None).try_collect::<Vec<_>>()).unwrap();
+        metas.into_iter().map(|m| m.location.to_string()).collect()
+    }
+
+    #[test]
+    fn transient_errors_are_retried() {
+        let f = Flaky::new();
+        let dir = tempfile::tempdir().unwrap();
+        let store = flaky_store(&f, dir.path(), 32 << 20);
+        f.transient.store(2, Ordering::SeqCst);
+        let tar = layer_tar(1, 600_000);
+        let s = store.ingest(&tar[..], &Default::default()).unwrap();
+        let mut back = Vec::new();
+        store.export(&s.layer.id, &mut back).unwrap();
+        assert!(back == tar);
+        assert!(store.verify(Default::default()).unwrap().is_clean());
+    }
+
+    #[test]
+    fn permanent_errors_record_nothing() {
+        let tar = layer_tar(2, 600_000);
+        // A refused pack upload, a refused layer object, an interrupted multipart upload.
+        for case in ["packs/", "layers/", "multipart"] {
+            let f = Flaky::new();
+            let dir = tempfile::tempdir().unwrap();
+            let store = flaky_store(&f, dir.path(), if case == "multipart" { 64 << 10 } else { 32 << 20 });
+            match case {
+                "multipart" => f.parts_ok.store(0, Ordering::SeqCst),
+                d => *f.deny.lock().unwrap() = Some(d.to_string()),
+            }
+            let e = store.ingest(&tar[..], &Default::default()).unwrap_err();
+            let msg = e.to_string();
+            if case != "multipart" {
+                assert!(msg.contains("refused the credentials"), "{case}: {msg}");
+            }
+            assert!(store.layers().unwrap().is_empty(), "{case}");
+            assert_eq!(store.stats().unwrap().chunks, 0, "{case}");
+            let left = names(&f);
+            assert!(left.is_empty(), "{case}: the bucket still holds {left:?}");
+        }
+    }
+}

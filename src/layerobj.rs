@@ -1,0 +1,244 @@
+//! Layer objects: everything the index knows about one layer, as one object
+//! in the backend, so the index can be rebuilt from the backend alone (see
+//! `reindex.rs` and docs/format.md, "Layer objects").
+//!
+//! ```text
+//! magic "CSLAYER\0" | version u32 = 1 | chunker [12] | LAYERS value [115]
+//! | n_blobs u32 | blob digest [32] * n_blobs
+//! | recipe_len u64 | RECIPES value
+//! | n_files u32 | (file id [32] | len u32 | FILES value) * n_files
+//! | BLAKE3 [32] of everything before it
+//! ```
+
+use crate::chunker::ChunkerParams;
+use crate::error::{Error, Result};
+use crate::ids::{BlobDigest, FileId, LayerId};
+use crate::index::{self, LayerInfo, BLOBS, FILES, LAYERS, RECIPES};
+use crate::recipe::{RecipeItem, RecipeReader};
+use crate::store::Store;
+use redb::ReadableTable;
+use std::collections::HashSet;
+
+const MAGIC: &[u8; 8] = b"CSLAYER\0";
+const VERSION: u32 = 1;
+const INFO_LEN: usize = 115;
+
+/// A decoded layer object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LayerObject {
+    pub chunker: ChunkerParams,
+    pub info: LayerInfo,
+    /// The raw LAYERS value (kept for exact rebuilds).
+    pub info_bytes: Vec<u8>,
+    pub blobs: Vec<BlobDigest>,
+    /// The RECIPES value.
+    pub recipe: Vec<u8>,
+    /// `(file id, FILES value)` for each distinct content item, in first-use order.
+    pub files: Vec<(FileId, Vec<u8>)>,
+}
+
+impl LayerObject {
+    pub fn encode(&self) -> Vec<u8> {
+        let n: usize = self.files.iter().map(|(_, v)| 36 + v.len()).sum();
+        let mut b = Vec::with_capacity(200 + self.recipe.len() + 32 * self.blobs.len() + n);
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&VERSION.to_le_bytes());
+        b.extend_from_slice(&self.chunker.encode());
+        b.extend_from_slice(&self.info_bytes);
+        b.extend_from_slice(&(self.blobs.len() as u32).to_le_bytes());
+        for d in &self.blobs {
+            b.extend_from_slice(d.as_bytes());
+        }
+        b.extend_from_slice(&(self.recipe.len() as u64).to_le_bytes());
+        b.extend_from_slice(&self.recipe);
+        b.extend_from_slice(&(self.files.len() as u32).to_le_bytes());
+        for (id, v) in &self.files {
+            b.extend_from_slice(id.as_bytes());
+            b.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            b.extend_from_slice(v);
+        }
+        let sum = blake3::hash(&b);
+        b.extend_from_slice(sum.as_bytes());
+        b
+    }
+
+    /// Parse an object read back from a backend; `want` is the layer its name says.
+    pub fn decode(b: &[u8], want: &LayerId) -> Result<Self> {
+        let bad = |w: &str| Error::corrupt(format!("layer object {want}: {w}"));
+        if b.len() < 8 + 4 + 12 + INFO_LEN + 4 + 8 + 4 + 32 || &b[..8] != MAGIC {
+            return Err(bad("not a chunkstore layer object (bad magic or too short)"));
+        }
+        let (body, sum) = b.split_at(b.len() - 32);
+        if blake3::hash(body).as_bytes() != sum {
+            return Err(bad("checksum does not match (truncated or damaged)"));
+        }
+        let mut r = &body[8..];
+        let mut take = |n: usize| -> Result<&[u8]> {
+            if r.len() < n {
+                return Err(bad("truncated"));
+            }
+            let (h, t) = r.split_at(n);
+            r = t;
+            Ok(h)
+        };
+        let version = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes"));
+        if version != VERSION {
+            return Err(bad(&format!("unsupported version {version}")));
+        }
+        let chunker = ChunkerParams::decode(take(12)?)?;
+        let info_bytes = take(INFO_LEN)?.to_vec();
+        let info = LayerInfo::decode(&info_bytes)?;
+        if info.id != *want {
+            return Err(bad(&format!("holds layer {}", info.id)));
+        }
+        let nb = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
+        let mut blobs = Vec::with_capacity(nb.min(1024));
+        for _ in 0..nb {
+            blobs.push(BlobDigest::from_bytes(take(32)?.try_into().expect("32 bytes")));
+        }
+        let rl = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
+        let recipe = take(usize::try_from(rl).map_err(|_| bad("recipe too large"))?)?.to_vec();
+        let nf = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
+        let mut files = Vec::with_capacity(nf.min(1 << 16));
+        for _ in 0..nf {
+            let id = FileId::from_bytes(take(32)?.try_into().expect("32 bytes"));
+            let l = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
+            let v = take(l)?.to_vec();
+            index::decode_file(&v)?;
+            files.push((id, v));
+        }
+        if !r.is_empty() {
+            return Err(bad("trailing bytes"));
+        }
+        Ok(LayerObject { chunker, info, info_bytes, blobs, recipe, files })
+    }
+}
+
+/// Build layer `id`'s object from index tables (of a read or a write transaction).
+pub(crate) fn build<L, R, F, B>(
+    chunker: ChunkerParams,
+    id: &LayerId,
+    layers: &L,
+    recipes: &R,
+    files: &F,
+    blobs: &B,
+) -> Result<LayerObject>
+where
+    L: ReadableTable<&'static [u8], &'static [u8]>,
+    R: ReadableTable<&'static [u8], &'static [u8]>,
+    F: ReadableTable<&'static [u8], &'static [u8]>,
+    B: ReadableTable<&'static [u8], &'static [u8]>,
+{
+    let key = &id.as_bytes()[..];
+    let info_bytes =
+        layers.get(key)?.ok_or_else(|| Error::not_found(format!("layer {id} is not in the index")))?.value().to_vec();
+    let info = LayerInfo::decode(&info_bytes)?;
+    let recipe = recipes.get(key)?.ok_or_else(|| Error::corrupt(format!("layer {id} has no recipe")))?.value().to_vec();
+    let mut seen = HashSet::new();
+    let mut fs = Vec::new();
+    for item in RecipeReader::new(recipe.clone())? {
+        if let RecipeItem::File { id: f, .. } | RecipeItem::Data { id: f, .. } = item? {
+            if seen.insert(f) {
+                let v = files.get(&f.as_bytes()[..])?.ok_or_else(|| Error::corrupt(format!("file {f} is missing")))?;
+                fs.push((f, v.value().to_vec()));
+            }
+        }
+    }
+    let mut bl = Vec::new();
+    for e in blobs.iter()? {
+        let (k, v) = e?;
+        if v.value() == key {
+            bl.push(BlobDigest::from_bytes(k.value().try_into().map_err(|_| Error::corrupt("bad blob key"))?));
+        }
+    }
+    bl.sort();
+    Ok(LayerObject { chunker, info, info_bytes, blobs: bl, recipe, files: fs })
+}
+
+impl Store {
+    /// Write layer `id`'s object, built from the write transaction about to
+    /// commit it: called by every commit that records a layer, after its
+    /// packs are stored and before the index names it, so the backend never
+    /// holds a recipe whose data it lacks. If the write fails, the packs this
+    /// commit stored (`packs`) are removed, after the layer object when the
+    /// layer is new, so nothing is left that names them.
+    pub(crate) fn publish_layer(
+        &self,
+        tx: &redb::WriteTransaction,
+        id: &LayerId,
+        already_present: bool,
+        packs: &[(crate::ids::PackId, crate::index::PackInfo)],
+    ) -> Result<()> {
+        let obj = build(
+            self.params,
+            id,
+            &tx.open_table(LAYERS)?,
+            &tx.open_table(RECIPES)?,
+            &tx.open_table(FILES)?,
+            &tx.open_table(BLOBS)?,
+        )?;
+        let r = self.check_writable().and_then(|()| self.backend.put_layer(id, &obj.encode()));
+        if r.is_err() && (already_present || self.backend.delete_layer(id).is_ok()) {
+            for (p, _) in packs {
+                let _ = self.backend.delete_pack(*p);
+            }
+        }
+        r
+    }
+
+    /// Layer `id`'s object as the committed index would write it.
+    pub(crate) fn layer_object_from_index(&self, id: &LayerId) -> Result<LayerObject> {
+        let tx = self.db.begin_read()?;
+        build(
+            self.params,
+            id,
+            &tx.open_table(LAYERS)?,
+            &tx.open_table(RECIPES)?,
+            &tx.open_table(FILES)?,
+            &tx.open_table(BLOBS)?,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::Compression;
+
+    #[test]
+    fn round_trip_and_damage() {
+        let info = LayerInfo {
+            id: LayerId::from_bytes([1; 32]),
+            blob: None,
+            compression: Compression::None,
+            tar_size: 1024,
+            entries: 1,
+            files: 1,
+            file_bytes: 5,
+            chunks: 1,
+            ingested_at: 7,
+        };
+        let o = LayerObject {
+            chunker: ChunkerParams::default(),
+            info_bytes: info.encode(),
+            info,
+            blobs: vec![BlobDigest::from_bytes([2; 32])],
+            recipe: b"recipe bytes".to_vec(),
+            files: vec![(
+                FileId::from_bytes([3; 32]),
+                index::encode_file(
+                    4,
+                    &crate::recipe::FileRecipe { size: 5, chunks: vec![(crate::ChunkId::from_bytes([3; 32]), 5)] },
+                ),
+            )],
+        };
+        let b = o.encode();
+        let id = LayerId::from_bytes([1; 32]);
+        assert_eq!(LayerObject::decode(&b, &id).unwrap(), o);
+        assert!(LayerObject::decode(&b[..b.len() - 1], &id).is_err());
+        assert!(LayerObject::decode(&b, &LayerId::from_bytes([9; 32])).is_err());
+        let mut d = b.clone();
+        d[40] ^= 1;
+        assert!(LayerObject::decode(&d, &id).is_err());
+    }
+}
