@@ -57,7 +57,7 @@ impl ChunkerParams {
 }
 
 /// Files up to this size are read whole; larger ones stream through a window.
-const WINDOW: usize = 8 << 20;
+pub(crate) const WINDOW: usize = 8 << 20;
 
 /// Splits file contents into chunks; reuses one window buffer across files.
 pub(crate) struct Chunker {
@@ -70,6 +70,16 @@ impl Chunker {
         Chunker { p, window: Vec::new() }
     }
 
+    /// Cut points of a whole file held in memory, as `(offset, length)`; none
+    /// for an empty file, one for a file of at most `min` bytes.
+    pub fn cuts(&self, data: &[u8]) -> Vec<(usize, usize)> {
+        let ChunkerParams { min, avg, max } = self.p;
+        if data.len() <= min as usize {
+            return if data.is_empty() { Vec::new() } else { vec![(0, data.len())] };
+        }
+        FastCDC::new(data, min, avg, max).map(|c| (c.offset, c.length)).collect()
+    }
+
     /// Read exactly `size` bytes from `r` and hand each chunk, in order, to `emit`.
     /// Cut points equal those of FastCDC over the whole file at once: a cut is
     /// only sought while at least `max` bytes (or the file's end) are in view.
@@ -78,11 +88,11 @@ impl Chunker {
         if size <= WINDOW as u64 {
             let mut data = vec![0u8; size as usize];
             r.read_exact(&mut data).map_err(|e| crate::error::from_io(e, "reading file content"))?;
-            if size <= min as u64 {
-                return if size == 0 { Ok(()) } else { emit(data) };
-            }
-            let cuts: Vec<_> = FastCDC::new(&data, min, avg, max).map(|c| (c.offset, c.length)).collect();
-            if cuts.len() == 1 {
+            let cuts = self.cuts(&data);
+            if cuts.len() <= 1 {
+                if cuts.is_empty() {
+                    return Ok(());
+                }
                 return emit(data);
             }
             for (off, len) in cuts {

@@ -1,8 +1,12 @@
-//! Ingest: tar walk and chunking on the caller's thread; hashing, dedup,
-//! compression (rayon) and pack writing on a second thread; one index
+//! Ingest. The caller's thread walks the tar and reads each content region
+//! whole (regions over [`WINDOW`] are cut into chunks as they stream by), in
+//! batches. A writer thread takes each batch through: hash every region
+//! (rayon), skip regions whose content the store or this ingest already holds,
+//! cut and hash the chunks of the rest (rayon), dedup chunks, compress the new
+//! ones (rayon), append them to packs and write the layer recipe. One index
 //! transaction at the end, after every pack it names is durable.
 
-use crate::chunker::Chunker;
+use crate::chunker::{Chunker, WINDOW};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::ids::{BlobDigest, ChunkId, FileId, LayerId, PackId};
@@ -53,14 +57,32 @@ pub struct IngestSummary {
     pub seconds: f64,
 }
 
-/// Chunk data and file boundaries, in stream order.
+/// The walk's output, in stream order.
 enum Piece {
-    Chunk { data: Vec<u8>, id: Option<ChunkId> },
-    FileEnd { id: FileId, size: u64 },
+    /// Tar bytes kept verbatim: headers, extension records, padding, the tail.
+    Raw(Vec<u8>),
+    /// A content region held whole.
+    Whole { kind: ContentKind, path: Vec<u8>, data: Vec<u8> },
+    /// The next chunk of a region too large to hold whole.
+    Part(Vec<u8>),
+    /// The end of a region that arrived as parts.
+    PartsEnd { kind: ContentKind, path: Vec<u8>, size: u64 },
 }
 
-/// Send a batch once it holds this much chunk data.
-const BATCH_BYTES: usize = 4 << 20;
+impl Piece {
+    fn data_len(&self) -> usize {
+        match self {
+            Piece::Raw(b) | Piece::Whole { data: b, .. } | Piece::Part(b) => b.len(),
+            Piece::PartsEnd { .. } => 0,
+        }
+    }
+}
+
+/// Send a batch once it holds this many bytes. Small enough that a small
+/// layer fills the pipeline quickly, large enough to give rayon work.
+const BATCH_BYTES: usize = 2 << 20;
+/// Batches in flight between the walk and the writer (bounds memory).
+const BATCHES_IN_FLIGHT: usize = 4;
 
 /// What the writer thread produced, to be committed.
 #[derive(Default)]
@@ -71,6 +93,31 @@ struct Written {
     files: HashMap<FileId, FileRecipe>,
     packs: Vec<(PackId, PackInfo)>,
     chunk_bytes: u64,
+    /// Each content item's FileId, in recipe order.
+    contents: Vec<FileId>,
+    /// The encoded layer recipe.
+    recipe: Vec<u8>,
+    /// Regular files, their bytes, and chunk references (with repeats).
+    files_count: u64,
+    file_bytes: u64,
+    chunk_refs: u64,
+}
+
+/// What the walk learned about the layer as a whole.
+struct Walk {
+    info: LayerInfo,
+}
+
+/// The writer's plan for one piece of a batch.
+enum Plan {
+    /// Nothing to store (raw bytes, the end of a streamed region).
+    Skip,
+    /// A region whose content the store or this ingest already holds.
+    Held(FileId),
+    /// A new region and its chunks: `(offset, length, id)`.
+    New(FileId, Vec<(usize, usize, ChunkId)>),
+    /// A chunk of a streamed region.
+    Part(ChunkId),
 }
 
 impl Store {
@@ -79,9 +126,8 @@ impl Store {
     pub fn ingest<R: Read>(&self, reader: R, opts: &IngestOptions) -> Result<IngestSummary> {
         let started = Instant::now();
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.check_writable()?;
         let counter = opts.progress.clone().unwrap_or_default();
-        let (tx, rx) = bounded::<Vec<Piece>>(4);
+        let (tx, rx) = bounded::<Vec<Piece>>(BATCHES_IN_FLIGHT);
         let (walked, written) = std::thread::scope(|s| {
             let writer = std::thread::Builder::new()
                 .name("chunkstore-writer".into())
@@ -98,7 +144,7 @@ impl Store {
                 .unwrap_or_else(|_| Err(Error::io("writer thread panicked", std::io::Error::other("panic"))));
             (walked, written)
         });
-        let (walked, written) = match (walked, written) {
+        let (walked, mut written) = match (walked, written) {
             (Ok(a), Ok(b)) => (a, b),
             (a, b) => {
                 // Packs already published but never committed: remove them now
@@ -119,90 +165,73 @@ impl Store {
             }
             return Err(Error::corrupt(format!("rebuilt layer is {}, expected {want}", walked.info.id)));
         }
+        let mut info = walked.info;
+        info.files = written.files_count;
+        info.file_bytes = written.file_bytes;
+        info.chunks = written.chunk_refs;
+        let walked = Walked {
+            info,
+            contents: std::mem::take(&mut written.contents),
+            recipe: std::mem::take(&mut written.recipe),
+        };
         failpoint::hit("before-commit");
         let summary = self.commit(walked, &written, counter.load(std::sync::atomic::Ordering::Relaxed), started)?;
         failpoint::hit("after-commit");
         Ok(summary)
     }
 
-    /// The tar walk: returns the layer's facts and recipe; `send` ships batches
-    /// to the writer and returns false if it has stopped.
+    /// The tar walk: reads content regions and ships them in batches; `send`
+    /// returns false if the writer has stopped.
     fn walk<R: Read>(
         &self,
         reader: R,
         counter: Arc<AtomicU64>,
         mut send: impl FnMut(Vec<Piece>) -> bool,
-    ) -> Result<Walked> {
+    ) -> Result<Walk> {
         let opened = input::open(reader, counter)?;
         let mut split = TarSplitter::new(opened.reader);
         let mut chunker = Chunker::new(self.params);
-        let mut recipe = RecipeWriter::new()?;
         let mut raw = Vec::new();
         let mut batch: Vec<Piece> = Vec::new();
         let mut batch_bytes = 0usize;
-        let mut contents = Vec::new();
-        let (mut files, mut file_bytes, mut chunks) = (0u64, 0u64, 0u64);
         let stopped = || Error::io("the writer thread stopped", std::io::Error::other("writer stopped"));
         loop {
-            raw.clear();
             let content = split.next(&mut raw)?;
-            recipe.raw(&raw)?;
+            if !raw.is_empty() {
+                batch_bytes += raw.len();
+                batch.push(Piece::Raw(std::mem::take(&mut raw)));
+            }
             let Some(c) = content else { break };
-            // Hold back a file's first chunk until we know whether it is its only
-            // one: a one-chunk file's FileId is that chunk's id (hash once).
-            let mut first: Option<Vec<u8>> = None;
-            let mut whole: Option<blake3::Hasher> = None;
-            let mut n = 0u64;
-            chunker
-                .chunk(split.content(), c.size, |data| {
-                    n += 1;
-                    match (first.take(), whole.as_mut()) {
-                        (None, None) => first = Some(data),
-                        (held, _) => {
-                            let h = whole.get_or_insert_with(blake3::Hasher::new);
-                            if let Some(f) = held {
-                                h.update(&f);
-                                batch_bytes += f.len();
-                                batch.push(Piece::Chunk { data: f, id: None });
+            let at =
+                |e: Error| e.context(format!("entry {:?} at offset {}", String::from_utf8_lossy(&c.path), c.offset));
+            if c.size <= WINDOW as u64 {
+                let mut data = vec![0u8; c.size as usize];
+                split
+                    .content()
+                    .read_exact(&mut data)
+                    .map_err(|e| at(crate::error::from_io(e, "reading file content")))?;
+                batch_bytes += data.len();
+                batch.push(Piece::Whole { kind: c.kind, path: c.path, data });
+            } else {
+                chunker
+                    .chunk(split.content(), c.size, |data| {
+                        batch_bytes += data.len();
+                        batch.push(Piece::Part(data));
+                        if batch_bytes >= BATCH_BYTES {
+                            batch_bytes = 0;
+                            if !send(std::mem::take(&mut batch)) {
+                                return Err(stopped());
                             }
-                            h.update(&data);
-                            batch_bytes += data.len();
-                            batch.push(Piece::Chunk { data, id: None });
                         }
-                    }
-                    if batch_bytes >= BATCH_BYTES {
-                        batch_bytes = 0;
-                        if !send(std::mem::take(&mut batch)) {
-                            return Err(stopped());
-                        }
-                    }
-                    Ok(())
-                })
-                .map_err(|e| {
-                    e.context(format!("entry {:?} at offset {}", String::from_utf8_lossy(&c.path), c.offset))
-                })?;
-            let id = match (first, whole) {
-                (Some(f), _) => {
-                    let cid = ChunkId::of(&f);
-                    batch_bytes += f.len();
-                    batch.push(Piece::Chunk { data: f, id: Some(cid) });
-                    FileId::from_chunk(cid)
-                }
-                (None, Some(h)) => FileId::from_bytes(*h.finalize().as_bytes()),
-                (None, None) => FileId::of(b""),
-            };
-            batch.push(Piece::FileEnd { id, size: c.size });
-            chunks += n;
-            match c.kind {
-                ContentKind::File => {
-                    files += 1;
-                    file_bytes += c.size;
-                    recipe.file(&id, c.size, &c.path)?;
-                    contents.push(id);
-                }
-                ContentKind::Data => {
-                    recipe.data(&id, c.size)?;
-                    contents.push(id);
+                        Ok(())
+                    })
+                    .map_err(at)?;
+                batch.push(Piece::PartsEnd { kind: c.kind, path: c.path, size: c.size });
+            }
+            if batch_bytes >= BATCH_BYTES {
+                batch_bytes = 0;
+                if !send(std::mem::take(&mut batch)) {
+                    return Err(stopped());
                 }
             }
         }
@@ -215,108 +244,56 @@ impl Store {
         let (sha, hashed) = opened.tar_digest.finish();
         debug_assert_eq!(hashed, tar_size);
         let blob = opened.blob_digest.map(|d| BlobDigest::from_bytes(d.finish().0));
-        Ok(Walked {
-            contents,
+        Ok(Walk {
             info: LayerInfo {
                 id: LayerId::from_bytes(sha),
                 blob,
                 compression: opened.compression,
                 tar_size,
                 entries,
-                files,
-                file_bytes,
-                chunks,
+                files: 0,
+                file_bytes: 0,
+                chunks: 0,
                 ingested_at: 0,
             },
-            recipe: recipe.finish()?,
         })
     }
 
-    /// The writer thread: hash, dedup, compress and pack each batch.
+    /// The writer thread: hash, dedup, chunk, compress and pack each batch, and
+    /// write the layer recipe.
     fn write_pieces(&self, rx: Receiver<Vec<Piece>>) -> Result<Written> {
-        let mut w = Written::default();
-        let tx = self.db.begin_read()?;
-        let known_chunks = tx.open_table(CHUNKS)?;
-        let known_files = tx.open_table(FILES)?;
-        let mut pack: Option<PackWriter> = None;
-        let mut cur_file: Vec<(ChunkId, u32)> = Vec::new();
-        let level = self.opts.compression_level;
+        let mut st = WriterState {
+            w: Written::default(),
+            pack: None,
+            recipe: RecipeWriter::new()?,
+            chunk_counts: HashMap::new(),
+            streamed: None,
+            streamed_chunks: Vec::new(),
+        };
         let result = (|| -> Result<()> {
-            for mut batch in rx {
-                // Hash the chunks of multi-chunk files in parallel.
-                batch.par_iter_mut().for_each(|p| {
-                    if let Piece::Chunk { data, id: id @ None } = p {
-                        *id = Some(ChunkId::of(data));
-                    }
-                });
-                // Which chunks are new (first sighting in this batch wins)?
-                let mut new: Vec<usize> = Vec::new();
-                for (i, p) in batch.iter().enumerate() {
-                    if let Piece::Chunk { id: Some(id), data } = p {
-                        if !w.chunks.contains_key(id) && known_chunks.get(&id.as_bytes()[..])?.is_none() {
-                            // Placeholder until packed; marks it as seen.
-                            w.chunks.insert(
-                                *id,
-                                ChunkLoc {
-                                    pack: PackId(0),
-                                    offset: 0,
-                                    stored_len: 0,
-                                    raw_len: data.len() as u32,
-                                    num: 0,
-                                },
-                            );
-                            w.chunk_order.push(*id);
-                            new.push(i);
-                        }
-                    }
-                }
-                let compressed: Vec<Option<Vec<u8>>> = new
-                    .par_iter()
-                    .map(|&i| match &batch[i] {
-                        Piece::Chunk { data, .. } => pack::compress_chunk(data, level),
-                        Piece::FileEnd { .. } => None,
-                    })
-                    .collect();
-                for (&i, c) in new.iter().zip(compressed) {
-                    let Piece::Chunk { data, id: Some(id) } = &batch[i] else {
-                        continue;
-                    };
-                    if pack.is_none() {
-                        pack = Some(PackWriter::create(&self.staging, self.allocate_pack())?);
-                    }
-                    let pw = pack.as_mut().expect("created above");
-                    let loc = pw.append(id, data.len() as u32, c.as_deref().unwrap_or(data))?;
-                    w.chunks.insert(*id, loc);
-                    w.chunk_bytes += data.len() as u64;
-                    if pw.len() >= self.opts.pack_size {
-                        self.seal(pack.take().expect("present"), &mut w)?;
-                    }
-                }
-                for p in &batch {
-                    match p {
-                        Piece::Chunk { data, id: Some(id) } => cur_file.push((*id, data.len() as u32)),
-                        Piece::Chunk { id: None, .. } => unreachable!("hashed above"),
-                        Piece::FileEnd { id, size } => {
-                            let chunks = std::mem::take(&mut cur_file);
-                            if !w.files.contains_key(id) && known_files.get(&id.as_bytes()[..])?.is_none() {
-                                w.files.insert(*id, FileRecipe { size: *size, chunks });
-                            }
-                        }
-                    }
-                }
+            let tx = self.db.begin_read()?;
+            let known_chunks = tx.open_table(CHUNKS)?;
+            let known_files = tx.open_table(FILES)?;
+            let chunker = Chunker::new(self.params);
+            for batch in rx {
+                self.write_batch(&mut st, batch, &chunker, &known_chunks, &known_files)?;
             }
-            if let Some(pw) = pack.take() {
-                self.seal(pw, &mut w)?;
+            if let Some(pw) = st.pack.take() {
+                self.seal(pw, &mut st.w)?;
             }
             Ok(())
         })();
         match result {
-            Ok(()) => Ok(w),
+            Ok(()) => {
+                let mut w = st.w;
+                w.recipe = st.recipe.finish()?;
+                Ok(w)
+            }
             Err(e) => {
-                for (p, _) in &w.packs {
+                for (p, _) in &st.w.packs {
                     let _ = self.backend.delete_pack(*p);
                 }
-                if let Some(pw) = pack.take() {
+                if let Some(pw) = st.pack.take() {
                     let staged = self.staging.join(pw.id.file_name());
                     drop(pw);
                     let _ = std::fs::remove_file(staged);
@@ -326,18 +303,178 @@ impl Store {
         }
     }
 
+    fn write_batch(
+        &self,
+        st: &mut WriterState,
+        batch: Vec<Piece>,
+        chunker: &Chunker,
+        known_chunks: &redb::ReadOnlyTable<&[u8], &[u8]>,
+        known_files: &redb::ReadOnlyTable<&[u8], &[u8]>,
+    ) -> Result<()> {
+        // 1. Hash every whole region and every part; meanwhile feed the parts
+        //    of a streamed region to its whole-content hash, in order.
+        let streamed = &mut st.streamed;
+        let (hashes, ()) = rayon::join(
+            || {
+                batch
+                    .par_iter()
+                    .map(|p| match p {
+                        Piece::Whole { data, .. } | Piece::Part(data) => Some(*blake3::hash(data).as_bytes()),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+            },
+            || {
+                for p in &batch {
+                    if let Piece::Part(data) = p {
+                        streamed.get_or_insert_with(blake3::Hasher::new).update(data);
+                    }
+                }
+            },
+        );
+        // 2. Which whole regions are already held (first sighting in stream order wins)?
+        let mut plans: Vec<Plan> = Vec::with_capacity(batch.len());
+        let mut fresh: std::collections::HashSet<FileId> = std::collections::HashSet::new();
+        for (p, h) in batch.iter().zip(&hashes) {
+            plans.push(match (p, h) {
+                (Piece::Whole { .. }, Some(h)) => {
+                    let id = FileId::from_bytes(*h);
+                    if st.chunk_counts.contains_key(&id) || fresh.contains(&id) {
+                        Plan::Held(id)
+                    } else if let Some(v) = known_files.get(&id.as_bytes()[..])? {
+                        let (_, r) = index::decode_file(v.value())?;
+                        st.chunk_counts.insert(id, r.chunks.len() as u64);
+                        Plan::Held(id)
+                    } else {
+                        fresh.insert(id);
+                        Plan::New(id, Vec::new())
+                    }
+                }
+                (Piece::Part(_), Some(h)) => Plan::Part(ChunkId::from_bytes(*h)),
+                _ => Plan::Skip,
+            });
+        }
+        // 3. Cut and hash the chunks of new regions.
+        plans.par_iter_mut().zip(batch.par_iter()).for_each(|(plan, p)| {
+            if let (Plan::New(id, chunks), Piece::Whole { data, .. }) = (plan, p) {
+                let cuts = chunker.cuts(data);
+                *chunks = if cuts.len() == 1 {
+                    // A one-chunk file's id is its chunk's id: hash once.
+                    vec![(0, data.len(), id.as_chunk())]
+                } else {
+                    cuts.into_par_iter().map(|(o, l)| (o, l, ChunkId::of(&data[o..o + l]))).collect()
+                };
+            }
+        });
+        // 4. Which chunks are new (first sighting in stream order wins)?
+        let mut new: Vec<(usize, usize, usize, ChunkId)> = Vec::new();
+        let w = &mut st.w;
+        let mut check = |i: usize, o: usize, l: usize, id: &ChunkId| -> Result<()> {
+            if !w.chunks.contains_key(id) && known_chunks.get(&id.as_bytes()[..])?.is_none() {
+                // Placeholder until packed; marks it as seen.
+                w.chunks.insert(*id, ChunkLoc { pack: PackId(0), offset: 0, stored_len: 0, raw_len: l as u32, num: 0 });
+                w.chunk_order.push(*id);
+                new.push((i, o, l, *id));
+            }
+            Ok(())
+        };
+        for (i, (plan, p)) in plans.iter().zip(&batch).enumerate() {
+            match plan {
+                Plan::New(_, chunks) => {
+                    for (o, l, id) in chunks {
+                        check(i, *o, *l, id)?;
+                    }
+                }
+                Plan::Part(id) => check(i, 0, p.data_len(), id)?,
+                Plan::Held(_) | Plan::Skip => {}
+            }
+        }
+        // 5. Compress the new chunks.
+        let stored_of = |&(i, o, l, _): &(usize, usize, usize, ChunkId)| match &batch[i] {
+            Piece::Whole { data, .. } | Piece::Part(data) => &data[o..o + l],
+            _ => unreachable!("only regions and parts have chunks"),
+        };
+        let level = self.opts.compression_level;
+        let compressed: Vec<Option<Vec<u8>>> =
+            new.par_iter().map(|c| pack::compress_chunk(stored_of(c), level)).collect();
+        // 6. Pack them, in stream order.
+        for (c, z) in new.iter().zip(compressed) {
+            let raw = stored_of(c);
+            if st.pack.is_none() {
+                st.pack = Some(PackWriter::create(&self.staging, self.allocate_pack())?);
+            }
+            let pw = st.pack.as_mut().expect("created above");
+            let loc = pw.append(&c.3, raw.len() as u32, z.as_deref().unwrap_or(raw))?;
+            st.w.chunks.insert(c.3, loc);
+            st.w.chunk_bytes += raw.len() as u64;
+            if pw.len() >= self.opts.pack_size {
+                self.seal(st.pack.take().expect("present"), &mut st.w)?;
+            }
+        }
+        // 7. File recipes, the layer recipe, counts.
+        for (plan, p) in plans.into_iter().zip(batch) {
+            let (id, kind, path, size, n) = match (plan, p) {
+                (_, Piece::Raw(b)) => {
+                    st.recipe.raw(&b)?;
+                    continue;
+                }
+                (Plan::Part(id), Piece::Part(data)) => {
+                    st.streamed_chunks.push((id, data.len() as u32));
+                    continue;
+                }
+                (Plan::New(id, chunks), Piece::Whole { kind, path, data }) => {
+                    let r = FileRecipe {
+                        size: data.len() as u64,
+                        chunks: chunks.iter().map(|c| (c.2, c.1 as u32)).collect(),
+                    };
+                    st.w.files.insert(id, r);
+                    st.chunk_counts.insert(id, chunks.len() as u64);
+                    (id, kind, path, data.len() as u64, chunks.len() as u64)
+                }
+                (Plan::Held(id), Piece::Whole { kind, path, data }) => {
+                    (id, kind, path, data.len() as u64, st.chunk_counts[&id])
+                }
+                (_, Piece::PartsEnd { kind, path, size }) => {
+                    let id = FileId::from_bytes(*st.streamed.take().unwrap_or_default().finalize().as_bytes());
+                    let chunks = std::mem::take(&mut st.streamed_chunks);
+                    let n = chunks.len() as u64;
+                    if !st.chunk_counts.contains_key(&id) {
+                        match known_files.get(&id.as_bytes()[..])? {
+                            Some(_) => {}
+                            None => {
+                                st.w.files.insert(id, FileRecipe { size, chunks });
+                            }
+                        }
+                        st.chunk_counts.insert(id, n);
+                    }
+                    (id, kind, path, size, n)
+                }
+                _ => unreachable!("plans follow pieces"),
+            };
+            match kind {
+                ContentKind::File => {
+                    st.w.files_count += 1;
+                    st.w.file_bytes += size;
+                    st.recipe.file(&id, size, &path)?;
+                }
+                ContentKind::Data => st.recipe.data(&id, size)?,
+            }
+            st.w.chunk_refs += n;
+            st.w.contents.push(id);
+        }
+        Ok(())
+    }
+
     fn seal(&self, pw: PackWriter, w: &mut Written) -> Result<()> {
         let id = pw.id;
         let (path, len, count) = pw.finish()?;
-        // Leave neither a staged file nor a half-published pack behind.
-        let stored = self.put_pack_fresh(id, &path).inspect_err(|_| {
+        if let Err(e) = self.backend.put_pack(id, &path) {
+            // Leave neither a staged file nor a half-published pack behind.
             let _ = std::fs::remove_file(&path);
-        })?;
-        if stored != id {
-            // Another writer of a shared backend had taken `id`.
-            w.chunks.values_mut().filter(|l| l.pack == id).for_each(|l| l.pack = stored);
+            let _ = self.backend.delete_pack(id);
+            return Err(e);
         }
-        w.packs.push((stored, PackInfo { len, chunks: count }));
+        w.packs.push((id, PackInfo { len, chunks: count }));
         failpoint::hit("after-pack-put");
         Ok(())
     }
@@ -430,8 +567,6 @@ impl Store {
                 tx.open_table(BLOBS)?.insert(&b.as_bytes()[..], key)?;
             }
         }
-        // The layer object goes to the backend before the index names the layer.
-        self.publish_layer(&tx, &info.id, already_present, &w.packs)?;
         tx.commit()?;
         Ok(IngestSummary {
             layer: info,
@@ -444,6 +579,18 @@ impl Store {
             seconds: started.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// The writer thread's working state across batches.
+struct WriterState {
+    w: Written,
+    pack: Option<PackWriter>,
+    recipe: RecipeWriter,
+    /// Chunk count of every content id this ingest has met (held or new).
+    chunk_counts: HashMap<FileId, u64>,
+    /// The whole-content hash of the region being streamed, and its chunks so far.
+    streamed: Option<blake3::Hasher>,
+    streamed_chunks: Vec<(ChunkId, u32)>,
 }
 
 struct Walked {

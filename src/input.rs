@@ -1,14 +1,11 @@
 //! Ingest input plumbing: compression by magic bytes, byte counting for
-//! progress and error offsets, and SHA-256 digests computed on a thread beside
-//! the tar walk.
+//! progress and error offsets, and SHA-256 digests computed as the bytes pass.
 
 use crate::error::{Error, Result};
-use crossbeam_channel::{bounded, Sender};
 use sha2::{Digest, Sha256};
 use std::io::{self, BufReader, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
 
 /// How a layer blob arrived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -54,68 +51,40 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-/// Hands copies of everything read to a hashing thread.
-pub(crate) struct HashTee<R> {
+/// SHA-256 of everything read through it, hashed inline: no copies and no
+/// thread (the ingest pipeline keeps both cores busy anyway).
+pub(crate) struct HashingReader<R> {
     inner: R,
-    tx: Option<Sender<Vec<u8>>>,
-    handle: Option<JoinHandle<([u8; 32], u64)>>,
+    state: Arc<Mutex<(Sha256, u64)>>,
 }
 
-impl<R: Read> HashTee<R> {
-    fn new(inner: R) -> Self {
-        let (tx, rx) = bounded::<Vec<u8>>(8);
-        let handle = std::thread::Builder::new()
-            .name("chunkstore-sha256".into())
-            .spawn(move || {
-                let mut h = Sha256::new();
-                let mut n = 0u64;
-                for b in rx {
-                    n += b.len() as u64;
-                    h.update(&b);
-                }
-                (h.finalize().into(), n)
-            })
-            .expect("spawning the hashing thread");
-        HashTee { inner, tx: Some(tx), handle: Some(handle) }
+impl<R: Read> HashingReader<R> {
+    fn new(inner: R) -> (Self, DigestHandle) {
+        let state = Arc::new(Mutex::new((Sha256::new(), 0)));
+        (HashingReader { inner, state: state.clone() }, DigestHandle(state))
     }
 }
 
-impl<R: Read> Read for HashTee<R> {
+impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         if n > 0 {
-            if let Some(tx) = &self.tx {
-                // The hashing thread only stops when we drop the sender.
-                let _ = tx.send(buf[..n].to_vec());
-            }
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            s.0.update(&buf[..n]);
+            s.1 += n as u64;
         }
         Ok(n)
     }
 }
 
-/// Collects a [`HashTee`]'s digest once its reader is dropped.
-pub(crate) struct DigestHandle(JoinHandle<([u8; 32], u64)>);
+/// The digest of a [`HashingReader`], read once the stream is consumed.
+pub(crate) struct DigestHandle(Arc<Mutex<(Sha256, u64)>>);
 
 impl DigestHandle {
-    /// The SHA-256 and byte count of everything the tee saw.
+    /// The SHA-256 and byte count of everything read so far.
     pub fn finish(self) -> ([u8; 32], u64) {
-        self.0.join().expect("the hashing thread does not panic")
-    }
-}
-
-impl<R> HashTee<R> {
-    fn split(mut self) -> (TeeReader<R>, DigestHandle) {
-        let h = DigestHandle(self.handle.take().expect("handle set at construction"));
-        (TeeReader(self), h)
-    }
-}
-
-/// A [`HashTee`] without its join handle; dropping it ends the hashing thread.
-pub(crate) struct TeeReader<R>(HashTee<R>);
-
-impl<R: Read> Read for TeeReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
+        let s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        (s.0.clone().finalize().into(), s.1)
     }
 }
 
@@ -180,7 +149,7 @@ pub(crate) fn open<'a, R: Read + 'a>(mut r: R, counter: Arc<AtomicU64>) -> Resul
     let (reader, blob_digest): (Box<dyn Read + 'a>, _) = match compression {
         Compression::None => (Box::new(raw), None),
         c => {
-            let (tee, digest) = HashTee::new(raw).split();
+            let (tee, digest) = HashingReader::new(raw);
             let buffered = BufReader::with_capacity(256 * 1024, tee);
             let (format, dec): (_, Box<dyn Read + 'a>) = if c == Compression::Gzip {
                 ("gzip", Box::new(flate2::bufread::MultiGzDecoder::new(buffered)))
@@ -191,7 +160,7 @@ pub(crate) fn open<'a, R: Read + 'a>(mut r: R, counter: Arc<AtomicU64>) -> Resul
             (Box::new(DecodeErrors { inner: dec, format, count: counter }), Some(digest))
         }
     };
-    let (tee, tar_digest) = HashTee::new(reader).split();
+    let (tee, tar_digest) = HashingReader::new(reader);
     let reader = Box::new(BufReader::with_capacity(1 << 20, tee));
     Ok(OpenedInput { reader, compression, tar_digest, blob_digest })
 }
