@@ -126,6 +126,7 @@ impl Store {
     pub fn ingest<R: Read>(&self, reader: R, opts: &IngestOptions) -> Result<IngestSummary> {
         let started = Instant::now();
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_writable()?;
         let counter = opts.progress.clone().unwrap_or_default();
         let (tx, rx) = bounded::<Vec<Piece>>(BATCHES_IN_FLIGHT);
         let (walked, written) = std::thread::scope(|s| {
@@ -468,13 +469,15 @@ impl Store {
     fn seal(&self, pw: PackWriter, w: &mut Written) -> Result<()> {
         let id = pw.id;
         let (path, len, count) = pw.finish()?;
-        if let Err(e) = self.backend.put_pack(id, &path) {
-            // Leave neither a staged file nor a half-published pack behind.
+        // Leave neither a staged file nor a half-published pack behind.
+        let stored = self.put_pack_fresh(id, &path).inspect_err(|_| {
             let _ = std::fs::remove_file(&path);
-            let _ = self.backend.delete_pack(id);
-            return Err(e);
+        })?;
+        if stored != id {
+            // Another writer of a shared backend had taken `id`.
+            w.chunks.values_mut().filter(|l| l.pack == id).for_each(|l| l.pack = stored);
         }
-        w.packs.push((id, PackInfo { len, chunks: count }));
+        w.packs.push((stored, PackInfo { len, chunks: count }));
         failpoint::hit("after-pack-put");
         Ok(())
     }
@@ -567,6 +570,8 @@ impl Store {
                 tx.open_table(BLOBS)?.insert(&b.as_bytes()[..], key)?;
             }
         }
+        // The layer object goes to the backend before the index names the layer.
+        self.publish_layer(&tx, &info.id, already_present, &w.packs)?;
         tx.commit()?;
         Ok(IngestSummary {
             layer: info,
