@@ -20,7 +20,10 @@ pub(crate) const RECIPES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("
 pub(crate) const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
 /// LayerId → LayerMap (dense file and chunk numbers in recipe order).
 pub(crate) const LAYER_MAPS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("layer_maps");
-/// Client name → possession record (held layers, file and chunk bitmaps).
+/// LayerId → the layer's file and chunk sets (roaring bitmaps), stored once a
+/// client holds the layer.
+pub(crate) const LAYER_SETS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("layer_sets");
+/// Client name → possession record (the layers it holds).
 pub(crate) const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
 /// PackId → pack length u64 | chunk count u64.
 pub(crate) const PACKS: TableDefinition<u64, &[u8]> = TableDefinition::new("packs");

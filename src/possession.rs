@@ -5,94 +5,127 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ClientId, FileId, LayerId};
-use crate::index::{self, LayerInfo, CLIENTS, FILES, LAYERS, LAYER_MAPS, RECIPES};
+use crate::index::{self, LayerInfo, CLIENTS, FILES, LAYERS, LAYER_MAPS, LAYER_SETS, RECIPES};
 use crate::layermap::{LayerMap, MapEntry};
 use crate::recipe::{RecipeItem, RecipeReader};
 use crate::store::Store;
 use redb::{ReadableTable, ReadableTableMetadata};
 use roaring::RoaringBitmap;
 
-const RECORD_VERSION: u8 = 1;
+/// Client records hold only the layers: a file or chunk set is stored once
+/// per layer (LAYER_SETS), so each (client, layer) pair costs 32 bytes.
+const RECORD_VERSION: u8 = 2;
+/// Version 1 records also carried the union of their layers' sets; read
+/// for old stores, their bitmaps are checked and ignored.
+const RECORD_V1: u8 = 1;
 
-/// A client's possession record: held layers and the union of their sets.
+/// A client's possession record: the layers it holds.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub(crate) struct Possession {
     pub layers: Vec<LayerId>,
-    pub files: RoaringBitmap,
-    pub chunks: RoaringBitmap,
 }
 
 impl Possession {
-    /// `version u8 | n u32 | layer id [32] * n | len u32 | files bitmap | len u32 | chunks bitmap`
-    /// (bitmaps in the portable roaring format, run-compressed).
+    /// `version u8 = 2 | n u32 | layer id [32] * n`
     pub fn encode(&self) -> Vec<u8> {
         let mut b = vec![RECORD_VERSION];
         b.extend_from_slice(&(self.layers.len() as u32).to_le_bytes());
         for l in &self.layers {
             b.extend_from_slice(l.as_bytes());
         }
-        for set in [&self.files, &self.chunks] {
-            let mut set = set.clone();
-            set.optimize();
-            b.extend_from_slice(&(set.serialized_size() as u32).to_le_bytes());
-            set.serialize_into(&mut b).expect("writing to a Vec cannot fail");
-        }
         b
     }
 
     pub fn decode(b: &[u8]) -> Result<Self> {
         let bad = || Error::corrupt("client record is malformed");
-        let take = |b: &mut &[u8], n: usize| -> Result<Vec<u8>> {
-            if b.len() < n {
-                return Err(bad());
-            }
-            let (h, t) = b.split_at(n);
-            *b = t;
-            Ok(h.to_vec())
-        };
-        let mut rest = b;
-        if take(&mut rest, 1)?[0] != RECORD_VERSION {
+        if b.len() < 5 || !matches!(b[0], RECORD_V1 | RECORD_VERSION) {
             return Err(bad());
         }
-        let n = u32::from_le_bytes(take(&mut rest, 4)?.try_into().expect("4 bytes")) as usize;
-        if n > rest.len() / 32 {
-            return Err(bad());
+        let n = u32::from_le_bytes(b[1..5].try_into().expect("4 bytes")) as usize;
+        let ids = b.get(5..).filter(|r| r.len() / 32 >= n).ok_or_else(bad)?;
+        let layers =
+            ids[..32 * n].chunks_exact(32).map(|c| LayerId::from_bytes(c.try_into().expect("32 bytes"))).collect();
+        let rest = &ids[32 * n..];
+        match b[0] {
+            RECORD_VERSION if rest.is_empty() => Ok(Possession { layers }),
+            RECORD_V1 if decode_sets(rest).is_ok() => Ok(Possession { layers }),
+            _ => Err(bad()),
         }
-        let layers = (0..n)
-            .map(|_| Ok(LayerId::from_bytes(take(&mut rest, 32)?.try_into().expect("32 bytes"))))
-            .collect::<Result<_>>()?;
-        let mut sets = Vec::with_capacity(2);
-        for _ in 0..2 {
-            let len = u32::from_le_bytes(take(&mut rest, 4)?.try_into().expect("4 bytes")) as usize;
-            let bytes = take(&mut rest, len)?;
-            // The bitmap must fill exactly its declared length.
-            let mut cur = &bytes[..];
-            sets.push(RoaringBitmap::deserialize_from(&mut cur).map_err(|_| bad())?);
-            if !cur.is_empty() {
-                return Err(bad());
-            }
-        }
-        if !rest.is_empty() {
-            return Err(bad());
-        }
-        let chunks = sets.pop().expect("two sets");
-        let files = sets.pop().expect("two sets");
-        Ok(Possession { layers, files, chunks })
     }
 }
 
-/// The possession record of exactly `layers`: their file and chunk sets,
-/// rebuilt from the layers' number maps.
-fn possession_of(maps: &impl ReadableTable<&'static [u8], &'static [u8]>, layers: Vec<LayerId>) -> Result<Possession> {
-    let mut p = Possession::default();
-    for l in &layers {
-        let m = maps.get(&l.as_bytes()[..])?.ok_or_else(|| Error::not_found(format!("layer {l} is not in the store")))?;
-        let m = LayerMap::decode(m.value())?;
-        p.files |= m.file_set();
-        p.chunks |= m.chunk_set();
+/// `len u32 | files bitmap | len u32 | chunks bitmap` (portable roaring format,
+/// run-compressed); each bitmap must fill exactly its declared length.
+fn encode_sets(files: &RoaringBitmap, chunks: &RoaringBitmap) -> Vec<u8> {
+    let mut b = Vec::new();
+    for set in [files, chunks] {
+        let mut set = set.clone();
+        set.optimize();
+        b.extend_from_slice(&(set.serialized_size() as u32).to_le_bytes());
+        set.serialize_into(&mut b).expect("writing to a Vec cannot fail");
     }
-    p.layers = layers;
-    Ok(p)
+    b
+}
+
+fn decode_sets(mut b: &[u8]) -> Result<(RoaringBitmap, RoaringBitmap)> {
+    let bad = || Error::corrupt("layer set record is malformed");
+    let mut sets = Vec::with_capacity(2);
+    for _ in 0..2 {
+        let len = b.get(..4).ok_or_else(bad)?;
+        let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+        let bytes = b.get(4..4 + len).ok_or_else(bad)?;
+        let mut cur = bytes;
+        sets.push(RoaringBitmap::deserialize_from(&mut cur).map_err(|_| bad())?);
+        if !cur.is_empty() {
+            return Err(bad());
+        }
+        b = &b[4 + len..];
+    }
+    if !b.is_empty() {
+        return Err(bad());
+    }
+    let chunks = sets.pop().expect("two sets");
+    Ok((sets.pop().expect("two sets"), chunks))
+}
+
+/// What a client holds, derived from its layers.
+#[derive(Debug, Default)]
+pub(crate) struct Holdings {
+    pub layers: Vec<LayerId>,
+    pub files: RoaringBitmap,
+    pub chunks: RoaringBitmap,
+}
+
+/// A layer's file and chunk sets: stored in LAYER_SETS once a client holds
+/// it, else derived from its number map.
+fn sets_of(
+    sets: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    maps: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    l: &LayerId,
+) -> Result<(RoaringBitmap, RoaringBitmap)> {
+    if let Some(v) = sets.get(&l.as_bytes()[..])? {
+        return decode_sets(v.value());
+    }
+    let m = maps.get(&l.as_bytes()[..])?.ok_or_else(|| Error::not_found(format!("layer {l} is not in the store")))?;
+    let m = LayerMap::decode(m.value())?;
+    Ok((m.file_set(), m.chunk_set()))
+}
+
+/// Make sure LAYER_SETS holds each layer's sets (in the transaction that
+/// records a client holding them).
+fn store_sets(tx: &redb::WriteTransaction, layers: &[LayerId]) -> Result<()> {
+    let mut sets = tx.open_table(LAYER_SETS)?;
+    let maps = tx.open_table(LAYER_MAPS)?;
+    for l in layers {
+        if sets.get(&l.as_bytes()[..])?.is_some() {
+            continue;
+        }
+        let m =
+            maps.get(&l.as_bytes()[..])?.ok_or_else(|| Error::not_found(format!("layer {l} is not in the store")))?;
+        let m = LayerMap::decode(m.value())?;
+        sets.insert(&l.as_bytes()[..], &encode_sets(&m.file_set(), &m.chunk_set())[..])?;
+    }
+    Ok(())
 }
 
 /// A client and what it holds.
@@ -225,6 +258,20 @@ impl Store {
         Possession::decode(v.value())
     }
 
+    /// A client's layers with the union of their file and chunk sets.
+    fn holdings(&self, tx: &redb::ReadTransaction, c: &ClientId) -> Result<Holdings> {
+        let p = self.read_possession(tx, c)?;
+        let (sets, maps) = (tx.open_table(LAYER_SETS)?, tx.open_table(LAYER_MAPS)?);
+        let mut h = Holdings::default();
+        for l in &p.layers {
+            let (f, ch) = sets_of(&sets, &maps, l)?;
+            h.files |= f;
+            h.chunks |= ch;
+        }
+        h.layers = p.layers;
+        Ok(h)
+    }
+
     /// Register a client holding nothing.
     pub fn add_client(&self, c: &ClientId) -> Result<()> {
         let tx = self.db.begin_write()?;
@@ -263,7 +310,7 @@ impl Store {
     }
 
     fn client_in(&self, tx: &redb::ReadTransaction, c: &ClientId) -> Result<ClientInfo> {
-        let p = self.read_possession(tx, c)?;
+        let p = self.holdings(tx, c)?;
         let layers = tx.open_table(LAYERS)?;
         let mut layer_bytes = 0;
         for l in &p.layers {
@@ -276,7 +323,7 @@ impl Store {
             files: p.files.len(),
             chunks: p.chunks.len(),
             layer_bytes,
-            record_bytes: p.encode().len() as u64,
+            record_bytes: Possession { layers: p.layers.clone() }.encode().len() as u64,
             layers: p.layers,
         })
     }
@@ -290,18 +337,11 @@ impl Store {
                 Some(v) => Possession::decode(v.value())?,
                 None => return Err(Error::not_found(format!("no client named {c}"))),
             };
-            let maps = tx.open_table(LAYER_MAPS)?;
+            store_sets(&tx, layers)?;
             for l in layers {
-                if p.layers.contains(l) {
-                    continue;
+                if !p.layers.contains(l) {
+                    p.layers.push(*l);
                 }
-                let m = maps
-                    .get(&l.as_bytes()[..])?
-                    .ok_or_else(|| Error::not_found(format!("layer {l} is not in the store")))?;
-                let m = LayerMap::decode(m.value())?;
-                p.files |= m.file_set();
-                p.chunks |= m.chunk_set();
-                p.layers.push(*l);
             }
             clients.insert(c.as_str(), &p.encode()[..])?;
         }
@@ -323,8 +363,8 @@ impl Store {
                     unique.push(*l);
                 }
             }
-            let p = possession_of(&tx.open_table(LAYER_MAPS)?, unique)?;
-            clients.insert(c.as_str(), &p.encode()[..])?;
+            store_sets(&tx, &unique)?;
+            clients.insert(c.as_str(), &Possession { layers: unique }.encode()[..])?;
         }
         tx.commit()?;
         Ok(())
@@ -344,8 +384,7 @@ impl Store {
                 return Err(Error::not_found(format!("client {c} does not hold layer {l}")));
             }
             let keep = old.layers.iter().filter(|l| !layers.contains(l)).copied().collect();
-            let p = possession_of(&tx.open_table(LAYER_MAPS)?, keep)?;
-            clients.insert(c.as_str(), &p.encode()[..])?;
+            clients.insert(c.as_str(), &Possession { layers: keep }.encode()[..])?;
         }
         tx.commit()?;
         Ok(())
@@ -359,7 +398,7 @@ impl Store {
     /// Compare a layer with what a client holds, deciding each item's encoding.
     pub fn diff_with(&self, c: &ClientId, layer: &LayerId, opts: DiffOptions) -> Result<Diff> {
         let tx = self.db.begin_read()?;
-        let p = self.read_possession(&tx, c)?;
+        let p = self.holdings(&tx, c)?;
         let key = &layer.as_bytes()[..];
         let missing = || Error::not_found(format!("layer {layer} is not in the store"));
         let info = LayerInfo::decode(tx.open_table(LAYERS)?.get(key)?.ok_or_else(missing)?.value())?;
@@ -536,21 +575,45 @@ mod tests {
 
     #[test]
     fn record_round_trip() {
-        let mut p = Possession { layers: vec![LayerId::from_bytes([5; 32])], ..Default::default() };
-        p.files.insert_range(0..1000);
-        p.chunks.insert(77);
+        let p = Possession { layers: vec![LayerId::from_bytes([5; 32]), LayerId::from_bytes([6; 32])] };
         let b = p.encode();
+        assert_eq!(b.len(), 5 + 64, "32 bytes a held layer");
         assert_eq!(Possession::decode(&b).unwrap(), p);
         assert!(Possession::decode(&b[..b.len() - 1]).is_err());
+        let mut longer = b.clone();
+        longer.push(0);
+        assert!(Possession::decode(&longer).is_err());
+    }
+
+    #[test]
+    fn version_1_records_still_read() {
+        let (mut files, mut chunks) = (RoaringBitmap::new(), RoaringBitmap::new());
+        files.insert_range(0..1000);
+        chunks.insert(77);
+        let mut v1 = vec![RECORD_V1];
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&[5; 32]);
+        v1.extend_from_slice(&encode_sets(&files, &chunks));
+        assert_eq!(Possession::decode(&v1).unwrap().layers, vec![LayerId::from_bytes([5; 32])]);
+        v1.push(0);
+        assert!(Possession::decode(&v1).is_err(), "a v1 bitmap must fill its length exactly");
+    }
+
+    #[test]
+    fn sets_round_trip_and_reject_padding() {
+        let (mut files, mut chunks) = (RoaringBitmap::new(), RoaringBitmap::new());
+        files.insert_range(0..1000);
+        chunks.insert(77);
+        let b = encode_sets(&files, &chunks);
+        assert_eq!(decode_sets(&b).unwrap(), (files.clone(), chunks));
+        assert!(b.len() < 64, "runs compress: {}", b.len());
+        assert!(decode_sets(&b[..b.len() - 1]).is_err());
         // A bitmap shorter than its declared length (a stray byte after it) is refused.
-        let files_len = b.len() - 4 - p.chunks.serialized_size() - 4 - 37;
-        let mut padded = b[..37].to_vec();
-        padded.extend_from_slice(&(files_len as u32 + 1).to_le_bytes());
-        padded.extend_from_slice(&b[41..41 + files_len]);
+        let flen = files.serialized_size();
+        let mut padded = ((flen + 1) as u32).to_le_bytes().to_vec();
+        padded.extend_from_slice(&b[4..4 + flen]);
         padded.push(0);
-        padded.extend_from_slice(&b[41 + files_len..]);
-        assert!(Possession::decode(&padded).is_err());
-        // Runs compress: a thousand consecutive files cost a few bytes.
-        assert!(b.len() < 100, "{}", b.len());
+        padded.extend_from_slice(&b[4 + flen..]);
+        assert!(decode_sets(&padded).is_err());
     }
 }

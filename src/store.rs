@@ -268,6 +268,7 @@ impl Store {
         tx.open_table(PACKS)?;
         tx.open_table(index::LAYER_MAPS)?;
         tx.open_table(index::CLIENTS)?;
+        tx.open_table(index::LAYER_SETS)?;
         tx.commit()?;
         Ok(params)
     }
