@@ -4,7 +4,7 @@
 //! against three clients, and `hold` / `evict` on one client.
 //!
 //! `cargo bench --bench possession` builds the fixture once (several minutes)
-//! under `target/bench-fixtures/possession-v1/` and reuses it afterwards;
+//! under `target/bench-fixtures/possession-v2/` and reuses it afterwards;
 //! delete that directory to rebuild it. Before the benchmarks it prints the
 //! store's scale and the index bytes per (client, layer) pair.
 //!
@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 const PARAMS: ChunkerParams = ChunkerParams { min: 64, avg: 256, max: 1024 };
 const SEED: u64 = 0x6368_756e_6b73_7431;
 /// Bump when the fixture's recipe changes, so an old cached one is not reused.
-const FIXTURE_NAME: &str = "possession-v1";
+const FIXTURE_NAME: &str = "possession-v2";
 
 /// How big a fixture to build.
 #[derive(Clone, Copy)]
