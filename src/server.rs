@@ -362,7 +362,12 @@ pub fn router(store: Arc<Store>, opts: ServeOptions) -> crate::Result<Router> {
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(MAX_UPLOAD))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(
+            // One INFO line per request (method, path, status, latency); the defaults log at DEBUG.
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(tower_http::trace::DefaultMakeSpan::new().level(tracing::Level::INFO))
+                .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
         .with_state(app))
 }
 
