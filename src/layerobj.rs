@@ -177,7 +177,11 @@ impl Store {
             &tx.open_table(FILES)?,
             &tx.open_table(BLOBS)?,
         )?;
-        let r = self.check_writable().and_then(|()| self.backend.put_layer(id, &obj.encode()));
+        // Every pack first (a backend may still be uploading some), then the object.
+        let r = self
+            .check_writable()
+            .and_then(|()| self.backend.flush())
+            .and_then(|()| self.backend.put_layer(id, &obj.encode()));
         if r.is_err() && (already_present || self.backend.delete_layer(id).is_ok()) {
             for (p, _) in packs {
                 let _ = self.backend.delete_pack(*p);

@@ -135,7 +135,9 @@ impl Store {
             store.reclaim()?;
             store.backfill_layer_objects()?;
         }
-        store.number_packs_past_backend()?;
+        if !store.opts.read_only && store.backend.is_shared() {
+            store.number_packs_past_backend()?;
+        }
         Ok(store)
     }
 
@@ -284,7 +286,8 @@ impl Store {
             let r: Result<_> = t.iter()?.map(|e| Ok(e?.0.value())).collect();
             r?
         };
-        let present = self.backend.list_packs()?;
+        // A shared backend is listed once, by `number_packs_past_backend`.
+        let present = if self.backend.is_shared() { Vec::new() } else { self.backend.list_packs()? };
         if !self.backend.is_shared() {
             let layers: std::collections::HashSet<LayerId> = self.layers()?.into_iter().map(|l| l.id).collect();
             for l in self.backend.list_layers()? {

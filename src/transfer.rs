@@ -290,6 +290,10 @@ impl Store {
         let id = self.put_pack_fresh(id, &path).inspect_err(|_| {
             let _ = std::fs::remove_file(&path);
         })?;
+        if let Err(e) = self.backend.flush() {
+            let _ = self.backend.delete_pack(id);
+            return Err(e);
+        }
         locs.iter_mut().for_each(|l| l.pack = id);
         let result = (|| -> Result<()> {
             let tx = self.db.begin_write()?;

@@ -84,4 +84,7 @@ impl Backend for FaultyBackend {
     fn is_shared(&self) -> bool {
         self.inner.is_shared()
     }
+    fn flush(&self) -> Result<()> {
+        self.inner.flush()
+    }
 }

@@ -27,10 +27,16 @@ use std::sync::Arc;
 /// Where sealed packs and layer objects live.
 pub trait Backend: Send + Sync + fmt::Debug {
     /// Store the sealed pack at `staged` (a local file the backend may consume)
-    /// as pack `id`. Durable when this returns. Never overwrites an existing
-    /// pack: that fails with [`crate::ErrorKind::AlreadyExists`], and the
-    /// caller picks another id.
+    /// as pack `id`. Never overwrites an existing pack: that fails with
+    /// [`crate::ErrorKind::AlreadyExists`], and the caller picks another id.
+    /// Durable when this returns, or, for a backend that uploads in the
+    /// background, once [`Backend::flush`] returns Ok.
     fn put_pack(&self, id: PackId, staged: &Path) -> Result<()>;
+    /// Wait until every pack `put_pack` accepted is durable; the first that
+    /// could not be stored is reported (and is not in the backend).
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
     /// `len` bytes of pack `id` starting at `offset`.
     fn read_pack(&self, id: PackId, offset: u64, len: usize) -> Result<PackBytes>;
     /// Several ranges `(offset, len)` of one pack, in the order asked. Remote

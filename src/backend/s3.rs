@@ -47,6 +47,9 @@ pub struct S3Options {
     pub part_size: usize,
     /// Parts uploaded at once.
     pub part_concurrency: usize,
+    /// Large packs uploaded in the background at once (ingest goes on
+    /// meanwhile; a commit waits for them). 0: upload before returning.
+    pub background_uploads: usize,
     /// Attempts of one operation on transient errors (each request is also
     /// retried by the client underneath).
     pub attempts: u32,
@@ -65,6 +68,7 @@ impl Default for S3Options {
             multipart_threshold: 32 << 20,
             part_size: 8 << 20,
             part_concurrency: 4,
+            background_uploads: 2,
             attempts: 4,
             backoff: Duration::from_millis(200),
             read_only: false,
@@ -84,7 +88,13 @@ pub struct S3Backend {
     cache: Arc<BlockCache>,
     sizes: Mutex<HashMap<PackId, u64>>,
     stats: Arc<S3Stats>,
+    /// Large packs being uploaded in the background, oldest first.
+    uploads: Mutex<std::collections::VecDeque<(PackId, Upload)>>,
+    /// Background uploads that failed since the last `flush`.
+    failed: Mutex<Vec<(PackId, Error)>>,
 }
+
+type Upload = tokio::task::JoinHandle<std::result::Result<(), String>>;
 
 /// Request counters, for benchmarks and tests.
 #[derive(Debug, Default)]
@@ -102,6 +112,54 @@ pub struct S3Stats {
 impl std::fmt::Debug for S3Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("S3Backend").field("location", &self.display).field("opts", &self.opts).finish()
+    }
+}
+
+/// The HTTP client for plain `http://` endpoints: hyper without TLS, so a
+/// process does not pay for loading the system's root certificates
+/// (~45 ms, which a one-shot command such as `export` feels).
+#[derive(Debug)]
+struct PlainHttp;
+
+type HyperClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    object_store::client::HttpRequestBody,
+>;
+
+#[derive(Debug)]
+struct PlainHttpService(HyperClient);
+
+impl object_store::client::HttpConnector for PlainHttp {
+    fn connect(&self, _: &object_store::ClientOptions) -> object_store::Result<object_store::client::HttpClient> {
+        let mut conn = hyper_util::client::legacy::connect::HttpConnector::new();
+        conn.set_nodelay(true);
+        conn.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(conn);
+        Ok(object_store::client::HttpClient::new(PlainHttpService(client)))
+    }
+}
+
+#[async_trait::async_trait]
+impl object_store::client::HttpService for PlainHttpService {
+    async fn call(
+        &self,
+        req: object_store::client::HttpRequest,
+    ) -> std::result::Result<object_store::client::HttpResponse, object_store::client::HttpError> {
+        use http_body_util::BodyExt;
+        use object_store::client::{HttpError, HttpErrorKind, HttpResponseBody};
+        let res = match tokio::time::timeout(Duration::from_secs(300), self.0.request(req)).await {
+            Err(e) => return Err(HttpError::new(HttpErrorKind::Timeout, e)),
+            Ok(Err(e)) => {
+                let kind = if e.is_connect() { HttpErrorKind::Connect } else { HttpErrorKind::Request };
+                return Err(HttpError::new(kind, e));
+            }
+            Ok(Ok(r)) => r,
+        };
+        let (parts, body) = res.into_parts();
+        let body = HttpResponseBody::new(body.map_err(|e| HttpError::new(HttpErrorKind::Interrupted, e)));
+        Ok(object_store::client::HttpResponse::from_parts(parts, body))
     }
 }
 
@@ -227,6 +285,10 @@ impl S3Backend {
         }
         if let Some(ep) = &endpoint {
             b = b.with_endpoint(ep.trim_end_matches('/')).with_allow_http(ep.starts_with("http://"));
+            if ep.starts_with("http://") {
+                // No TLS: skip loading the system's root certificates (~0.1 s a process).
+                b = b.with_http_connector(PlainHttp);
+            }
         }
         let has_region = std::env::var_os("AWS_REGION").is_some() || std::env::var_os("AWS_DEFAULT_REGION").is_some();
         match region {
@@ -268,6 +330,8 @@ impl S3Backend {
             rt,
             sizes: Mutex::new(HashMap::new()),
             stats: Arc::new(S3Stats::default()),
+            uploads: Mutex::new(Default::default()),
+            failed: Mutex::new(Vec::new()),
         })
     }
 
@@ -312,29 +376,21 @@ impl S3Backend {
     where
         T: Send + 'static,
         F: Fn(u32) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = std::result::Result<T, object_store::Error>> + Send,
+        Fut: Future<Output = std::result::Result<T, object_store::Error>> + Send + 'static,
     {
-        let attempts = self.opts.attempts.max(1);
-        let backoff = self.opts.backoff;
-        let stats = self.stats.clone();
-        self.block(async move {
-            let mut delay = backoff;
-            let mut attempt = 0;
-            loop {
-                match op(attempt).await {
-                    Ok(v) => return Ok(v),
-                    Err(e) if attempt + 1 < attempts && transient(&e) => {
-                        stats.retries.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!("object store: {e}; retrying in {delay:?}");
-                        tokio::time::sleep(delay).await;
-                        delay = delay.saturating_mul(2);
-                        attempt += 1;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        })
-        .map_err(|e| convert(e, &format!("{what} ({})", self.display)))
+        let fut = with_retries(self.opts.attempts, self.opts.backoff, self.stats.clone(), op);
+        self.block(fut).map_err(|e| convert(e, &format!("{what} ({})", self.display)))
+    }
+
+    /// Wait for a background upload; remember its failure for `flush`.
+    fn join_upload(&self, id: PackId, h: Upload) {
+        let r = match self.block(h) {
+            Ok(r) => r,
+            Err(e) => Err(format!("pack upload task failed: {e}")),
+        };
+        if let Err(m) = r {
+            self.failed.lock().unwrap_or_else(|p| p.into_inner()).push((id, Error::new(ErrorKind::Io, m)));
+        }
     }
 
     fn check_writable(&self, what: &str) -> Result<()> {
@@ -368,34 +424,6 @@ impl S3Backend {
                             Err(e)
                         }
                     }
-                    Err(e) => Err(e),
-                }
-            }
-        })
-    }
-
-    fn put_multipart(&self, key: ObjPath, data: Bytes, what: &str) -> Result<()> {
-        let store = self.store.clone();
-        let stats = self.stats.clone();
-        let (part, conc) = (self.opts.part_size.max(5 << 20), self.opts.part_concurrency.max(1));
-        self.retry(what, move |_| {
-            let (store, key, data, stats) = (store.clone(), key.clone(), data.clone(), stats.clone());
-            async move {
-                let upload = store.put_multipart(&key).await?;
-                let mut w = WriteMultipart::new_with_chunk_size(upload, part);
-                let mut off = 0;
-                while off < data.len() {
-                    let end = (off + part).min(data.len());
-                    if let Err(e) = w.wait_for_capacity(conc).await {
-                        let _ = w.abort().await;
-                        return Err(e);
-                    }
-                    stats.puts.fetch_add(1, Ordering::Relaxed);
-                    w.put(data.slice(off..end));
-                    off = end;
-                }
-                match w.finish().await {
-                    Ok(_) => Ok(()),
                     Err(e) => Err(e),
                 }
             }
@@ -491,6 +519,61 @@ impl S3Backend {
     }
 }
 
+/// Run `op` until it succeeds, fails permanently, or runs out of attempts,
+/// doubling the pause between attempts.
+async fn with_retries<T, F, Fut>(
+    attempts: u32,
+    backoff: Duration,
+    stats: Arc<S3Stats>,
+    op: F,
+) -> std::result::Result<T, object_store::Error>
+where
+    F: Fn(u32) -> Fut,
+    Fut: Future<Output = std::result::Result<T, object_store::Error>>,
+{
+    let attempts = attempts.max(1);
+    let mut delay = backoff;
+    let mut attempt = 0;
+    loop {
+        match op(attempt).await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt + 1 < attempts && transient(&e) => {
+                stats.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("object store: {e}; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = delay.saturating_mul(2);
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Upload `data` to `key` in parts, `conc` at a time (replacing the claim marker).
+async fn upload_multipart(
+    store: Arc<dyn ObjectStore>,
+    key: ObjPath,
+    data: Bytes,
+    stats: Arc<S3Stats>,
+    part: usize,
+    conc: usize,
+) -> std::result::Result<(), object_store::Error> {
+    let upload = store.put_multipart(&key).await?;
+    let mut w = WriteMultipart::new_with_chunk_size(upload, part);
+    let mut off = 0;
+    while off < data.len() {
+        let end = (off + part).min(data.len());
+        if let Err(e) = w.wait_for_capacity(conc).await {
+            let _ = w.abort().await;
+            return Err(e);
+        }
+        stats.puts.fetch_add(1, Ordering::Relaxed);
+        w.put(data.slice(off..end));
+        off = end;
+    }
+    w.finish().await.map(|_| ())
+}
+
 async fn fetch_range(
     store: Arc<dyn ObjectStore>,
     key: ObjPath,
@@ -523,14 +606,54 @@ impl Backend for S3Backend {
                 .map_err(|e| Error::new(ErrorKind::Io, format!("drawing a random claim token: {e}")))?;
             claim.extend_from_slice(&token);
             self.put_create(key.clone(), Bytes::from(claim), &what)?;
-            if let Err(e) = self.put_multipart(key.clone(), data.clone(), &what) {
-                let _ = self.delete_pack(id);
-                return Err(e);
+            // The name is ours: the parts can go up while the ingest goes on.
+            let max = self.opts.background_uploads;
+            while self.uploads.lock().unwrap_or_else(|p| p.into_inner()).len() >= max.max(1) {
+                let oldest = self.uploads.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                if let Some((p, h)) = oldest {
+                    self.join_upload(p, h);
+                }
             }
+            let (store, stats) = (self.store.clone(), self.stats.clone());
+            let (part, conc) = (self.opts.part_size.max(5 << 20), self.opts.part_concurrency.max(1));
+            let (attempts, backoff, len) = (self.opts.attempts, self.opts.backoff, data.len());
+            let display = self.display.clone();
+            let task = self.rt.spawn(async move {
+                let op = |_| upload_multipart(store.clone(), key.clone(), data.clone(), stats.clone(), part, conc);
+                let r = with_retries(attempts, backoff, stats.clone(), op).await;
+                if let Err(e) = r {
+                    // Leave no claim behind.
+                    let _ = store.delete(&key).await;
+                    return Err(convert(e, &format!("{what} ({display})")).to_string());
+                }
+                Ok(())
+            });
+            self.uploads.lock().unwrap_or_else(|p| p.into_inner()).push_back((id, task));
+            self.sizes.lock().unwrap_or_else(|p| p.into_inner()).insert(id, len as u64);
+            let _ = std::fs::remove_file(staged);
+            if max == 0 {
+                self.flush()?;
+            }
+            return Ok(());
         }
         self.sizes.lock().unwrap_or_else(|p| p.into_inner()).insert(id, data.len() as u64);
         let _ = std::fs::remove_file(staged);
         Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        loop {
+            let next = self.uploads.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+            match next {
+                Some((p, h)) => self.join_upload(p, h),
+                None => break,
+            }
+        }
+        let mut failed = std::mem::take(&mut *self.failed.lock().unwrap_or_else(|p| p.into_inner()));
+        match failed.is_empty() {
+            true => Ok(()),
+            false => Err(failed.swap_remove(0).1),
+        }
     }
 
     fn read_pack(&self, id: PackId, offset: u64, len: usize) -> Result<PackBytes> {
@@ -572,6 +695,15 @@ impl Backend for S3Backend {
 
     fn delete_pack(&self, id: PackId) -> Result<()> {
         self.check_writable("deleting a pack")?;
+        let pending = {
+            let mut u = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+            u.iter().position(|(p, _)| *p == id).and_then(|i| u.remove(i))
+        };
+        if let Some((_, h)) = pending {
+            // Let it finish first, or it could land after the delete.
+            let _ = self.block(h);
+        }
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).retain(|(p, _)| *p != id);
         self.cache.forget(id);
         self.sizes.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         let (store, key) = (self.store.clone(), self.pack_key(id));
@@ -800,6 +932,7 @@ mod tests {
         let staged = dir.path().join("x");
         std::fs::write(&staged, &data).unwrap();
         b.put_pack(PackId(9), &staged).unwrap();
+        b.flush().unwrap();
         assert_eq!(&*b.read_whole_pack(PackId(9)).unwrap(), &data[..]);
         std::fs::write(&staged, b"other").unwrap();
         assert_eq!(b.put_pack(PackId(9), &staged).unwrap_err().kind(), ErrorKind::AlreadyExists);
