@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# Ingest benchmark: chunkstore vs casync on the public corpus.
+#
+# Ingests the corpus layers, in the order below, one call per layer, into ONE
+# fresh store per tool (so dedup across layers counts), and prints per-layer
+# wall seconds, total throughput, stored bytes and peak RSS.
+#
+# Usage: bench/ingest-vs-casync.sh
+# Environment:
+#   CORPUS=DIR        corpus directory (default /tmp/chunkstore-corpus; built if missing)
+#   REPEAT=N          runs per tool, fresh stores each time; per-layer median is reported (default 3)
+#   STORE_ROOT=DIR    where the scratch stores go (default: a new dir under /var/tmp, on disk)
+#   CASYNC_ONLY=1     skip building and running chunkstore
+#   CHUNKSTORE_BIN=P  use this binary instead of building target/release/chunkstore
+#   KEEP=1            keep the scratch stores, indexes and chunkstore JSON output
+#   RESULTS=FILE      also write the report to FILE
+#
+# Timing hygiene: before each tool's run the script syncs and (as root) drops
+# the page/dentry/inode caches, then re-reads the corpus into the page cache.
+# On this machine's ext4, creating many files soon after deleting many (e.g. a
+# previous run's store) is otherwise 1.5-3x slower in a way that grows run to
+# run; dropping caches removes that, and both tools read the corpus warm.
+# MB = 10^6 bytes; throughput is of the uncompressed .tar bytes.
+set -euo pipefail
+
+die() { echo "ingest-vs-casync: error: $*" >&2; exit 1; }
+say() { echo "ingest-vs-casync: $*" >&2; }
+
+LAYERS=(base base2 certs prettier-3.0.3 prettier-3.1.1 prettier-3.2.5 prettier-3.3.3)
+CORPUS=${CORPUS:-/tmp/chunkstore-corpus}
+REPEAT=${REPEAT:-3}
+CASYNC_ONLY=${CASYNC_ONLY:-0}
+KEEP=${KEEP:-0}
+[[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "REPEAT must be a positive integer, got '$REPEAT'"
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(git -C "$SCRIPT_DIR" rev-parse --show-toplevel 2>/dev/null) \
+  || die "cannot find the repository root from $SCRIPT_DIR (is git installed?)"
+MAKE_CORPUS="$REPO/../shared/bench/make-corpus"
+IS_ROOT=0; [[ $(id -u) -eq 0 ]] && IS_ROOT=1
+
+apt_install() {
+  [[ $IS_ROOT -eq 1 ]] || die "need root to apt-get install $* (install it yourself or run as root)"
+  say "installing $* with apt-get"
+  if ! apt-get install -y "$@" >/dev/null 2>&1; then
+    apt-get update >/dev/null 2>&1 || die "apt-get update failed"
+    apt-get install -y "$@" >/dev/null || die "apt-get install $* failed"
+  fi
+}
+
+# ---------------------------------------------------------------- tools
+[[ -x /usr/bin/time ]] || apt_install time
+command -v casync >/dev/null 2>&1 || apt_install casync
+command -v python3 >/dev/null 2>&1 || apt_install python3
+TIME=/usr/bin/time
+
+# ---------------------------------------------------------------- corpus
+corpus_complete() {
+  local l
+  for l in "${LAYERS[@]}"; do
+    [[ -s $CORPUS/$l.tar && -s $CORPUS/$l.tar.gz ]] || return 1
+  done
+}
+if ! corpus_complete; then
+  [[ -f $MAKE_CORPUS ]] || die "corpus missing in $CORPUS and no corpus builder at $MAKE_CORPUS"
+  [[ $IS_ROOT -eq 1 ]] || die "corpus missing in $CORPUS; building it needs root (debootstrap)"
+  command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
+  command -v npm >/dev/null 2>&1 || apt_install npm
+  say "building corpus in $CORPUS (about 1-2 minutes)"
+  python3 "$MAKE_CORPUS" "$CORPUS" || die "corpus build failed"
+  corpus_complete || die "corpus build finished but layers are missing in $CORPUS"
+fi
+
+# ---------------------------------------------------------------- chunkstore
+BIN=""
+if [[ $CASYNC_ONLY != 1 ]]; then
+  if [[ -n ${CHUNKSTORE_BIN:-} ]]; then
+    BIN=$CHUNKSTORE_BIN
+  else
+    command -v cargo >/dev/null 2>&1 || die "cargo not found (set CASYNC_ONLY=1 to run only casync)"
+    say "building chunkstore (cargo build --release)"
+    (cd "$REPO" && cargo build --release) >&2 || die "cargo build --release failed"
+    BIN=$REPO/target/release/chunkstore
+  fi
+  [[ -x $BIN ]] || die "chunkstore binary not found or not executable: $BIN"
+fi
+
+# ---------------------------------------------------------------- scratch
+if [[ -n ${STORE_ROOT:-} ]]; then
+  mkdir -p "$STORE_ROOT"
+  WORK=$(mktemp -d "$STORE_ROOT/ingest-bench.XXXXXX")
+else
+  WORK=$(mktemp -d /var/tmp/ingest-bench.XXXXXX)
+fi
+cleanup() {
+  if [[ $KEEP == 1 ]]; then say "kept scratch dir $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+settle() {
+  sync
+  if [[ $IS_ROOT -eq 1 && -w /proc/sys/vm/drop_caches ]]; then
+    echo 3 > /proc/sys/vm/drop_caches
+  fi
+  cat "$CORPUS"/*.tar "$CORPUS"/*.tar.gz > /dev/null
+}
+[[ $IS_ROOT -eq 1 ]] || say "warning: not root, cannot drop caches; timings may be noisy"
+
+# run_timed RESFILE STDOUT STDERR CMD...: appends "secs maxrss_kib" to RESFILE
+run_timed() {
+  local res=$1 out=$2 err=$3; shift 3
+  local tf=$WORK/time.out
+  if ! "$TIME" -f '%e %M' -o "$tf" -- "$@" > "$out" 2> "$err"; then
+    say "command failed: $*"
+    sed 's/^/    /' "$err" >&2
+    [[ -s $tf ]] && sed 's/^/    /' "$tf" >&2
+    die "aborting"
+  fi
+  tail -n 1 "$tf" >> "$res"
+}
+
+# ---------------------------------------------------------------- runs
+# One run = all layers into one fresh store. Results per (tool, rep, layer) in
+# $WORK/res/TOOL.LAYER (one "secs rss" line per rep) and store size in
+# $WORK/res/TOOL.stored (last rep).
+mkdir -p "$WORK/res"
+
+run_casync() {
+  local rep=$1 l
+  local d=$WORK/casync.$rep
+  mkdir -p "$d/idx"
+  settle
+  for l in "${LAYERS[@]}"; do
+    run_timed "$WORK/res/casync.$l" /dev/null "$d/$l.err" \
+      casync make --store="$d/store" "$d/idx/$l.caibx" "$CORPUS/$l.tar"
+  done
+  du -sb "$d/store" | cut -f1 > "$WORK/res/casync.stored"
+}
+
+# run_chunkstore TOOLNAME SUFFIX REP: SUFFIX is .tar or .tar.gz
+run_chunkstore() {
+  local tool=$1 sfx=$2 rep=$3 l
+  local d=$WORK/$tool.$rep
+  mkdir -p "$d/json"
+  settle
+  for l in "${LAYERS[@]}"; do
+    run_timed "$WORK/res/$tool.$l" "$d/json/$l.json" "$d/$l.err" \
+      "$BIN" --store "$d/store" ingest --json "$CORPUS/$l$sfx"
+    if ! python3 -m json.tool "$d/json/$l.json" > /dev/null 2>&1; then
+      say "warning: chunkstore ingest --json output for $l$sfx is not valid JSON"
+    fi
+  done
+  du -sb "$d/store" | cut -f1 > "$WORK/res/$tool.stored"
+}
+
+TOOLS=(casync)
+[[ $CASYNC_ONLY == 1 ]] || TOOLS+=(chunkstore chunkstore-gz)
+for ((rep = 1; rep <= REPEAT; rep++)); do
+  say "run $rep/$REPEAT: casync"
+  run_casync "$rep"
+  if [[ $CASYNC_ONLY != 1 ]]; then
+    say "run $rep/$REPEAT: chunkstore (.tar)"
+    run_chunkstore chunkstore .tar "$rep"
+    say "run $rep/$REPEAT: chunkstore (.tar.gz)"
+    run_chunkstore chunkstore-gz .tar.gz "$rep"
+  fi
+  # Free the space now; the next run's settle() drops the caches again.
+  [[ $KEEP == 1 ]] || rm -rf "$WORK"/casync."$rep" "$WORK"/chunkstore."$rep" "$WORK"/chunkstore-gz."$rep"
+done
+
+# ---------------------------------------------------------------- report
+median_secs() { awk '{print $1}' "$1" | sort -g | awk '{a[NR]=$1} END {m=int((NR+1)/2); if (NR%2) print a[m]; else printf "%.3f\n", (a[m]+a[m+1])/2}'; }
+max_rss()     { awk 'BEGIN{m=0} $2>m{m=$2} END{print m}' "$1"; }
+
+report() {
+  local l t total_tar=0 total_gz=0
+  declare -A sum rss
+  for t in "${TOOLS[@]}"; do sum[$t]=0; rss[$t]=0; done
+
+  echo "ingest-vs-casync  ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, REPEAT=$REPEAT, median seconds)"
+  echo "casync: $(casync --version 2>&1 | head -n1) (deb $(dpkg-query -W -f '${Version}' casync 2>/dev/null || echo "?")), defaults (chunk 16K:64K:256K, zstd, sha512-256)"
+  [[ -n $BIN ]] && echo "chunkstore: $BIN"
+  echo
+  if [[ $CASYNC_ONLY == 1 ]]; then
+    printf '%-16s %10s %10s %12s\n' layer tar_MB casync_s casync_MiB
+  else
+    printf '%-16s %10s %10s %12s %14s %10s %14s\n' layer tar_MB casync_s chunkstore_s chunkstore_gz_s cs_MiB cs_gz_MiB
+  fi
+  for l in "${LAYERS[@]}"; do
+    local sz gz; sz=$(stat -c %s "$CORPUS/$l.tar"); gz=$(stat -c %s "$CORPUS/$l.tar.gz")
+    total_tar=$((total_tar + sz)); total_gz=$((total_gz + gz))
+    declare -A med
+    for t in "${TOOLS[@]}"; do
+      med[$t]=$(median_secs "$WORK/res/$t.$l")
+      sum[$t]=$(awk -v a="${sum[$t]}" -v b="${med[$t]}" 'BEGIN{printf "%.3f", a+b}')
+      local r; r=$(max_rss "$WORK/res/$t.$l"); if (( r > rss[$t] )); then rss[$t]=$r; fi
+    done
+    if [[ $CASYNC_ONLY == 1 ]]; then
+      printf '%-16s %10.2f %10.2f %12.1f\n' "$l" "$(awk -v s="$sz" 'BEGIN{print s/1e6}')" \
+        "${med[casync]}" "$(awk -v k="$(max_rss "$WORK/res/casync.$l")" 'BEGIN{print k/1024}')"
+    else
+      printf '%-16s %10.2f %10.2f %12.2f %14.2f %10.1f %14.1f\n' "$l" "$(awk -v s="$sz" 'BEGIN{print s/1e6}')" \
+        "${med[casync]}" "${med[chunkstore]}" "${med[chunkstore-gz]}" \
+        "$(awk -v k="$(max_rss "$WORK/res/chunkstore.$l")" 'BEGIN{print k/1024}')" \
+        "$(awk -v k="$(max_rss "$WORK/res/chunkstore-gz.$l")" 'BEGIN{print k/1024}')"
+    fi
+  done
+  echo
+  local cs_stored ca_stored; ca_stored=$(cat "$WORK/res/casync.stored")
+  mbps() { awk -v b="$1" -v s="$2" 'BEGIN{ if (s > 0) printf "%.1f", b/1e6/s; else print "inf" }'; }
+  printf 'total input: %.2f MB .tar (%.2f MB .tar.gz)\n' "$(awk -v s=$total_tar 'BEGIN{print s/1e6}')" "$(awk -v s=$total_gz 'BEGIN{print s/1e6}')"
+  printf '%-24s %10s %10s %14s %14s\n' tool total_s MB/s stored_bytes peak_RSS_MiB
+  for t in "${TOOLS[@]}"; do
+    printf '%-24s %10.2f %10s %14s %14.1f\n' "$t" "${sum[$t]}" "$(mbps $total_tar "${sum[$t]}")" \
+      "$(cat "$WORK/res/$t.stored")" "$(awk -v k="${rss[$t]}" 'BEGIN{print k/1024}')"
+  done
+  if [[ $CASYNC_ONLY != 1 ]]; then
+    cs_stored=$(cat "$WORK/res/chunkstore.stored")
+    echo
+    printf 'throughput ratio chunkstore/casync (.tar):   %s\n' \
+      "$(awk -v a="${sum[casync]}" -v b="${sum[chunkstore]}" 'BEGIN{ if (b > 0) printf "%.2f", a/b; else print "inf" }')"
+    printf 'stored-bytes ratio chunkstore/casync (.tar): %s\n' \
+      "$(awk -v a="$cs_stored" -v b="$ca_stored" 'BEGIN{printf "%.3f", a/b}')"
+    printf 'chunkstore peak RSS (.tar): %.1f MiB\n' "$(awk -v k="${rss[chunkstore]}" 'BEGIN{print k/1024}')"
+    printf 'chunkstore from .tar.gz (casync cannot read gzip): %.2f s, %s MB/s of .tar bytes (%s MB/s of .tar.gz bytes), stored %s bytes, peak RSS %.1f MiB\n' \
+      "${sum[chunkstore-gz]}" "$(mbps $total_tar "${sum[chunkstore-gz]}")" "$(mbps $total_gz "${sum[chunkstore-gz]}")" \
+      "$(cat "$WORK/res/chunkstore-gz.stored")" "$(awk -v k="${rss[chunkstore-gz]}" 'BEGIN{print k/1024}')"
+  fi
+}
+
+if [[ -n ${RESULTS:-} ]]; then
+  report | tee "$RESULTS"
+else
+  report
+fi
