@@ -295,9 +295,7 @@ impl Store {
                     let _ = self.backend.delete_pack(*p);
                 }
                 if let Some(pw) = st.pack.take() {
-                    let staged = self.staging.join(pw.id.file_name());
-                    drop(pw);
-                    let _ = std::fs::remove_file(staged);
+                    self.discard(pw);
                 }
                 Err(e)
             }
@@ -390,85 +388,107 @@ impl Store {
                 Plan::Held(_) | Plan::Skip => {}
             }
         }
-        // 5. Compress the new chunks.
+        // 5-6. Compress the new chunks (rayon) and pack them in stream order;
+        //      meanwhile 7. file recipes, the layer recipe and counts.
         let stored_of = |&(i, o, l, _): &(usize, usize, usize, ChunkId)| match &batch[i] {
             Piece::Whole { data, .. } | Piece::Part(data) => &data[o..o + l],
             _ => unreachable!("only regions and parts have chunks"),
         };
         let level = self.opts.compression_level;
-        let compressed: Vec<Option<Vec<u8>>> =
-            new.par_iter().map(|c| pack::compress_chunk(stored_of(c), level)).collect();
-        // 6. Pack them, in stream order.
-        for (c, z) in new.iter().zip(compressed) {
-            let raw = stored_of(c);
-            if st.pack.is_none() {
-                st.pack = Some(PackWriter::create(&self.staging, self.allocate_pack())?);
-            }
-            let pw = st.pack.as_mut().expect("created above");
-            let loc = pw.append(&c.3, raw.len() as u32, z.as_deref().unwrap_or(raw))?;
-            st.w.chunks.insert(c.3, loc);
-            st.w.chunk_bytes += raw.len() as u64;
-            if pw.len() >= self.opts.pack_size {
-                self.seal(st.pack.take().expect("present"), &mut st.w)?;
-            }
-        }
-        // 7. File recipes, the layer recipe, counts.
-        for (plan, p) in plans.into_iter().zip(batch) {
-            let (id, kind, path, size, n) = match (plan, p) {
-                (_, Piece::Raw(b)) => {
-                    st.recipe.raw(&b)?;
-                    continue;
-                }
-                (Plan::Part(id), Piece::Part(data)) => {
-                    st.streamed_chunks.push((id, data.len() as u32));
-                    continue;
-                }
-                (Plan::New(id, chunks), Piece::Whole { kind, path, data }) => {
-                    let r = FileRecipe {
-                        size: data.len() as u64,
-                        chunks: chunks.iter().map(|c| (c.2, c.1 as u32)).collect(),
-                    };
-                    st.w.files.insert(id, r);
-                    st.chunk_counts.insert(id, chunks.len() as u64);
-                    (id, kind, path, data.len() as u64, chunks.len() as u64)
-                }
-                (Plan::Held(id), Piece::Whole { kind, path, data }) => {
-                    (id, kind, path, data.len() as u64, st.chunk_counts[&id])
-                }
-                (_, Piece::PartsEnd { kind, path, size }) => {
-                    let id = FileId::from_bytes(*st.streamed.take().unwrap_or_default().finalize().as_bytes());
-                    let chunks = std::mem::take(&mut st.streamed_chunks);
-                    let n = chunks.len() as u64;
-                    if !st.chunk_counts.contains_key(&id) {
-                        match known_files.get(&id.as_bytes()[..])? {
-                            Some(_) => {}
-                            None => {
-                                st.w.files.insert(id, FileRecipe { size, chunks });
-                            }
-                        }
-                        st.chunk_counts.insert(id, n);
+        let (pack, chunks, chunk_bytes) = (&mut st.pack, &mut st.w.chunks, &mut st.w.chunk_bytes);
+        let mut full: Vec<PackWriter> = Vec::new();
+        let (packed, described) = rayon::join(
+            || -> Result<()> {
+                let compressed: Vec<Option<Vec<u8>>> =
+                    new.par_iter().map(|c| pack::compress_chunk(stored_of(c), level)).collect();
+                for (c, z) in new.iter().zip(compressed) {
+                    let raw = stored_of(c);
+                    if pack.is_none() {
+                        *pack = Some(PackWriter::create(&self.staging, self.allocate_pack())?);
                     }
-                    (id, kind, path, size, n)
+                    let pw = pack.as_mut().expect("created above");
+                    let loc = pw.append(&c.3, raw.len() as u32, z.as_deref().unwrap_or(raw))?;
+                    chunks.insert(c.3, loc);
+                    *chunk_bytes += raw.len() as u64;
+                    if pw.len() >= self.opts.pack_size {
+                        full.push(pack.take().expect("present"));
+                    }
                 }
-                _ => unreachable!("plans follow pieces"),
-            };
-            match kind {
-                ContentKind::File => {
-                    st.w.files_count += 1;
-                    st.w.file_bytes += size;
-                    st.recipe.file(&id, size, &path)?;
+                Ok(())
+            },
+            || -> Result<()> {
+                for (plan, p) in plans.iter().zip(&batch) {
+                    let (id, kind, path, size, n) = match (plan, p) {
+                        (_, Piece::Raw(b)) => {
+                            st.recipe.raw(b)?;
+                            continue;
+                        }
+                        (Plan::Part(id), Piece::Part(data)) => {
+                            st.streamed_chunks.push((*id, data.len() as u32));
+                            continue;
+                        }
+                        (Plan::New(id, chunks), Piece::Whole { kind, path, data }) => {
+                            let r = FileRecipe {
+                                size: data.len() as u64,
+                                chunks: chunks.iter().map(|c| (c.2, c.1 as u32)).collect(),
+                            };
+                            st.w.files.insert(*id, r);
+                            st.chunk_counts.insert(*id, chunks.len() as u64);
+                            (*id, *kind, path, data.len() as u64, chunks.len() as u64)
+                        }
+                        (Plan::Held(id), Piece::Whole { kind, path, data }) => {
+                            (*id, *kind, path, data.len() as u64, st.chunk_counts[id])
+                        }
+                        (_, Piece::PartsEnd { kind, path, size }) => {
+                            let id = FileId::from_bytes(*st.streamed.take().unwrap_or_default().finalize().as_bytes());
+                            let chunks = std::mem::take(&mut st.streamed_chunks);
+                            let n = chunks.len() as u64;
+                            if !st.chunk_counts.contains_key(&id) {
+                                if known_files.get(&id.as_bytes()[..])?.is_none() {
+                                    st.w.files.insert(id, FileRecipe { size: *size, chunks });
+                                }
+                                st.chunk_counts.insert(id, n);
+                            }
+                            (id, *kind, path, *size, n)
+                        }
+                        _ => unreachable!("plans follow pieces"),
+                    };
+                    match kind {
+                        ContentKind::File => {
+                            st.w.files_count += 1;
+                            st.w.file_bytes += size;
+                            st.recipe.file(&id, size, path)?;
+                        }
+                        ContentKind::Data => st.recipe.data(&id, size)?,
+                    }
+                    st.w.chunk_refs += n;
+                    st.w.contents.push(id);
                 }
-                ContentKind::Data => st.recipe.data(&id, size)?,
-            }
-            st.w.chunk_refs += n;
-            st.w.contents.push(id);
+                Ok(())
+            },
+        );
+        let mut full = full.into_iter();
+        let sealed = packed.and(described).and_then(|()| full.try_for_each(|pw| self.seal(pw, &mut st.w)));
+        if sealed.is_err() {
+            // Packs filled but not sealed: nothing may stay staged.
+            full.for_each(|pw| self.discard(pw));
         }
-        Ok(())
+        sealed
+    }
+
+    /// Drop an unsealed pack and its staged file.
+    fn discard(&self, pw: PackWriter) {
+        let staged = self.staging.join(pw.id.file_name());
+        drop(pw);
+        let _ = std::fs::remove_file(staged);
     }
 
     fn seal(&self, pw: PackWriter, w: &mut Written) -> Result<()> {
         let id = pw.id;
-        let (path, len, count) = pw.finish()?;
+        let staged = self.staging.join(id.file_name());
+        let (path, len, count) = pw.finish().inspect_err(|_| {
+            let _ = std::fs::remove_file(&staged);
+        })?;
         // Leave neither a staged file nor a half-published pack behind.
         let stored = self.put_pack_fresh(id, &path).inspect_err(|_| {
             let _ = std::fs::remove_file(&path);

@@ -1,11 +1,14 @@
 //! Ingest input plumbing: compression by magic bytes, byte counting for
-//! progress and error offsets, and SHA-256 digests computed as the bytes pass.
+//! progress and error offsets, and SHA-256 digests computed on helper threads
+//! over the blocks the walk reads.
 
 use crate::error::{Error, Result};
+use crossbeam_channel::{bounded, Sender};
 use sha2::{Digest, Sha256};
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 /// How a layer blob arrived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -51,40 +54,113 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-/// SHA-256 of everything read through it, hashed inline: no copies and no
-/// thread (the ingest pipeline keeps both cores busy anyway).
-pub(crate) struct HashingReader<R> {
+/// Bytes read from the input at a time: each block is hashed whole on a
+/// helper thread while the walk consumes it.
+const BLOCK: usize = 1 << 20;
+/// Blocks read ahead of the hashing thread.
+const BLOCKS_AHEAD: usize = 4;
+
+/// Reads its input in blocks and hands each block, shared rather than copied,
+/// to a thread that computes its SHA-256, so hashing runs beside the tar walk
+/// (on a layer the store already holds, the walk and this hash are the work).
+/// Also the buffer of the stream: it implements [`BufRead`].
+pub(crate) struct HashedBlocks<R> {
     inner: R,
-    state: Arc<Mutex<(Sha256, u64)>>,
+    block: Arc<Vec<u8>>,
+    pos: usize,
+    tx: Option<Sender<Arc<Vec<u8>>>>,
+    /// An input error met after part of a block was read, reported once that part is consumed.
+    pending: Option<io::Error>,
 }
 
-impl<R: Read> HashingReader<R> {
-    fn new(inner: R) -> (Self, DigestHandle) {
-        let state = Arc::new(Mutex::new((Sha256::new(), 0)));
-        (HashingReader { inner, state: state.clone() }, DigestHandle(state))
+impl<R: Read> HashedBlocks<R> {
+    fn new(inner: R) -> Result<(Self, DigestHandle)> {
+        let (tx, rx) = bounded::<Arc<Vec<u8>>>(BLOCKS_AHEAD);
+        let handle = std::thread::Builder::new()
+            .name("chunkstore-sha256".into())
+            .spawn(move || {
+                let mut h = Sha256::new();
+                let mut n = 0u64;
+                for b in rx {
+                    n += b.len() as u64;
+                    h.update(&b[..]);
+                }
+                (h.finalize().into(), n)
+            })
+            .map_err(|e| Error::io("spawning the hashing thread", e))?;
+        let r = HashedBlocks { inner, block: Arc::new(Vec::new()), pos: 0, tx: Some(tx), pending: None };
+        Ok((r, DigestHandle(handle)))
+    }
+
+    /// Read the next block (up to [`BLOCK`] bytes; empty at the end of input).
+    fn refill(&mut self) -> io::Result<()> {
+        if let Some(e) = self.pending.take() {
+            return Err(e);
+        }
+        // Reuse the last block once the hashing thread is done with it.
+        let mut b = match Arc::try_unwrap(std::mem::take(&mut self.block)) {
+            Ok(mut b) => {
+                b.resize(BLOCK, 0);
+                b
+            }
+            Err(_) => vec![0u8; BLOCK],
+        };
+        let mut n = 0;
+        while n < BLOCK {
+            match self.inner.read(&mut b[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if n == 0 => return Err(e),
+                Err(e) => {
+                    self.pending = Some(e);
+                    break;
+                }
+            }
+        }
+        b.truncate(n);
+        self.block = Arc::new(b);
+        self.pos = 0;
+        if n > 0 {
+            if let Some(tx) = &self.tx {
+                // The hashing thread only stops when we drop the sender.
+                let _ = tx.send(self.block.clone());
+            }
+        }
+        Ok(())
     }
 }
 
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n > 0 {
-            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            s.0.update(&buf[..n]);
-            s.1 += n as u64;
+impl<R: Read> BufRead for HashedBlocks<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.pos == self.block.len() {
+            self.refill()?;
         }
+        Ok(&self.block[self.pos..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.block.len());
+    }
+}
+
+impl<R: Read> Read for HashedBlocks<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let avail = self.fill_buf()?;
+        let n = avail.len().min(out.len());
+        out[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
         Ok(n)
     }
 }
 
-/// The digest of a [`HashingReader`], read once the stream is consumed.
-pub(crate) struct DigestHandle(Arc<Mutex<(Sha256, u64)>>);
+/// The digest of a [`HashedBlocks`] stream, ready once the stream is dropped.
+pub(crate) struct DigestHandle(JoinHandle<([u8; 32], u64)>);
 
 impl DigestHandle {
-    /// The SHA-256 and byte count of everything read so far.
+    /// The SHA-256 and byte count of everything read from the input.
     pub fn finish(self) -> ([u8; 32], u64) {
-        let s = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        (s.0.clone().finalize().into(), s.1)
+        self.0.join().expect("the hashing thread does not panic")
     }
 }
 
@@ -149,18 +225,17 @@ pub(crate) fn open<'a, R: Read + 'a>(mut r: R, counter: Arc<AtomicU64>) -> Resul
     let (reader, blob_digest): (Box<dyn Read + 'a>, _) = match compression {
         Compression::None => (Box::new(raw), None),
         c => {
-            let (tee, digest) = HashingReader::new(raw);
-            let buffered = BufReader::with_capacity(256 * 1024, tee);
+            let (blocks, digest) = HashedBlocks::new(raw)?;
             let (format, dec): (_, Box<dyn Read + 'a>) = if c == Compression::Gzip {
-                ("gzip", Box::new(flate2::bufread::MultiGzDecoder::new(buffered)))
+                ("gzip", Box::new(flate2::bufread::MultiGzDecoder::new(blocks)))
             } else {
-                let d = zstd::stream::read::Decoder::with_buffer(buffered).map_err(|e| Error::io("zstd decoder", e))?;
+                let d = zstd::stream::read::Decoder::with_buffer(blocks).map_err(|e| Error::io("zstd decoder", e))?;
                 ("zstd", Box::new(d))
             };
             (Box::new(DecodeErrors { inner: dec, format, count: counter }), Some(digest))
         }
     };
-    let (tee, tar_digest) = HashingReader::new(reader);
-    let reader = Box::new(BufReader::with_capacity(1 << 20, tee));
+    let (blocks, tar_digest) = HashedBlocks::new(reader)?;
+    let reader = Box::new(blocks);
     Ok(OpenedInput { reader, compression, tar_digest, blob_digest })
 }
