@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 pub struct StoreOptions {
     /// Chunker sizes for a new store; an existing store must match if set.
     pub chunker: Option<ChunkerParams>,
-    /// zstd level for new chunks.
+    /// zstd level for new chunks (default 2: see docs/benchmarks.md).
     pub compression_level: i32,
     /// Seal a pack once it reaches this many bytes.
     pub pack_size: u64,
@@ -35,7 +35,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             chunker: None,
-            compression_level: 3,
+            compression_level: 2,
             pack_size: 64 << 20,
             backend: None,
             read_only: false,
