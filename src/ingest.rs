@@ -20,10 +20,10 @@ use crate::tarsplit::{ContentKind, TarSplitter};
 use crossbeam_channel::{bounded, Receiver};
 use rayon::prelude::*;
 use redb::ReadableTable;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Options for one ingest.
@@ -83,6 +83,8 @@ impl Piece {
 const BATCH_BYTES: usize = 2 << 20;
 /// Batches in flight between the walk and the writer (bounds memory).
 const BATCHES_IN_FLIGHT: usize = 4;
+/// Prepared batches in flight between the writer and the packer.
+const PREPARED_IN_FLIGHT: usize = 2;
 
 /// What the writer thread produced, to be committed.
 #[derive(Default)]
@@ -108,16 +110,44 @@ struct Walk {
     info: LayerInfo,
 }
 
-/// The writer's plan for one piece of a batch.
-enum Plan {
-    /// Nothing to store (raw bytes, the end of a streamed region).
+/// What the parallel pass made of one piece of a batch.
+enum Done {
+    /// Nothing to store: raw bytes.
     Skip,
-    /// A region whose content the store or this ingest already holds.
-    Held(FileId),
-    /// A new region and its chunks: `(offset, length, id)`.
-    New(FileId, Vec<(usize, usize, ChunkId)>),
+    /// A whole region the index already holds, and its chunk count.
+    Indexed(FileId, u64),
+    /// A whole region whose content another piece of this ingest claimed.
+    Claimed(FileId),
+    /// A whole region this piece claimed (first sighting, not in the index): its chunks.
+    New(FileId, Vec<Cut>),
     /// A chunk of a streamed region.
-    Part(ChunkId),
+    Part(Cut),
+    /// The end of a streamed region: its id, and whether the index holds it.
+    PartsEnd(FileId, bool),
+}
+
+/// A chunk of a piece: where it lies in the piece's data and its id; when this
+/// piece claimed it (first sighting in this ingest, not in the index), how it
+/// is stored: its zstd frame, or `None` for raw.
+struct Cut {
+    off: usize,
+    len: usize,
+    id: ChunkId,
+    stored: Option<Option<Vec<u8>>>,
+}
+
+/// Content ids this ingest has claimed so far, across batches: whoever claims
+/// one first chunks or compresses it, once.
+#[derive(Default)]
+struct Claims {
+    files: Mutex<HashSet<FileId>>,
+    chunks: Mutex<HashSet<ChunkId>>,
+}
+
+/// A batch on its way from the parallel pass to the packer.
+struct Prepared {
+    batch: Vec<Piece>,
+    done: Vec<Done>,
 }
 
 impl Store {
@@ -260,24 +290,142 @@ impl Store {
         })
     }
 
-    /// The writer thread: hash, dedup, chunk, compress and pack each batch, and
-    /// write the layer recipe.
+    /// The writer thread: runs the parallel pass over each batch (hash, skip
+    /// held content, chunk, compress), and hands it to a packer thread that
+    /// packs and describes it in stream order.
     fn write_pieces(&self, rx: Receiver<Vec<Piece>>) -> Result<Written> {
-        let mut st = WriterState {
+        let (ptx, prx) = bounded::<Prepared>(PREPARED_IN_FLIGHT);
+        std::thread::scope(|s| {
+            let packer = std::thread::Builder::new()
+                .name("chunkstore-packer".into())
+                .spawn_scoped(s, || self.pack_batches(prx))
+                .map_err(|e| Error::io("spawning the packer thread", e))?;
+            let prepared = self.prepare_batches(rx, |p| ptx.send(p).is_ok());
+            drop(ptx);
+            let packed = packer
+                .join()
+                .unwrap_or_else(|_| Err(Error::io("packer thread panicked", std::io::Error::other("panic"))));
+            match (prepared, packed) {
+                (Ok(()), Ok(w)) => Ok(w),
+                (Ok(()), Err(e)) | (Err(_), Err(e)) => Err(e),
+                (Err(e), Ok(w)) => {
+                    for (p, _) in &w.packs {
+                        let _ = self.backend.delete_pack(*p);
+                    }
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    /// The parallel pass, batch by batch; `send` returns false if the packer stopped.
+    fn prepare_batches(&self, rx: Receiver<Vec<Piece>>, mut send: impl FnMut(Prepared) -> bool) -> Result<()> {
+        let tx = self.db.begin_read()?;
+        let known_chunks = tx.open_table(CHUNKS)?;
+        let known_files = tx.open_table(FILES)?;
+        let chunker = Chunker::new(self.params);
+        let claims = Claims::default();
+        let mut streamed: Option<blake3::Hasher> = None;
+        for batch in rx {
+            let done = self.prepare(&batch, &chunker, &claims, &mut streamed, &known_chunks, &known_files)?;
+            if !send(Prepared { batch, done }) {
+                return Err(Error::io("the packer thread stopped", std::io::Error::other("packer stopped")));
+            }
+        }
+        Ok(())
+    }
+
+    /// One batch's parallel pass (rayon): BLAKE3 of every whole region; those
+    /// the index holds or another piece claimed stop there; the rest are cut
+    /// and their chunks hashed; chunks neither in the index nor claimed are
+    /// compressed. Meanwhile the parts of a streamed region feed its hash.
+    fn prepare(
+        &self,
+        batch: &[Piece],
+        chunker: &Chunker,
+        claims: &Claims,
+        streamed: &mut Option<blake3::Hasher>,
+        known_chunks: &redb::ReadOnlyTable<&[u8], &[u8]>,
+        known_files: &redb::ReadOnlyTable<&[u8], &[u8]>,
+    ) -> Result<Vec<Done>> {
+        let level = self.opts.compression_level;
+        let cut = |data: &[u8], off: usize, len: usize, id: ChunkId| -> Result<Cut> {
+            let first = !claims.chunks.lock().unwrap_or_else(|p| p.into_inner()).contains(&id)
+                && known_chunks.get(&id.as_bytes()[..])?.is_none()
+                && claims.chunks.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+            let stored = first.then(|| pack::compress_chunk(&data[off..off + len], level));
+            Ok(Cut { off, len, id, stored })
+        };
+        let (done, ends) = rayon::join(
+            || {
+                batch
+                    .par_iter()
+                    .map(|p| match p {
+                        Piece::Whole { data, .. } => {
+                            let id = FileId::from_bytes(*blake3::hash(data).as_bytes());
+                            if claims.files.lock().unwrap_or_else(|p| p.into_inner()).contains(&id) {
+                                return Ok(Done::Claimed(id));
+                            }
+                            if let Some(v) = known_files.get(&id.as_bytes()[..])? {
+                                return Ok(Done::Indexed(id, index::decode_file(v.value())?.1.chunks.len() as u64));
+                            }
+                            if !claims.files.lock().unwrap_or_else(|p| p.into_inner()).insert(id) {
+                                return Ok(Done::Claimed(id));
+                            }
+                            let cuts = chunker.cuts(data);
+                            let cuts = if cuts.len() == 1 {
+                                // A one-chunk file's id is its chunk's id: hash once.
+                                vec![cut(data, 0, data.len(), id.as_chunk())?]
+                            } else {
+                                cuts.into_par_iter()
+                                    .map(|(o, l)| cut(data, o, l, ChunkId::of(&data[o..o + l])))
+                                    .collect::<Result<_>>()?
+                            };
+                            Ok(Done::New(id, cuts))
+                        }
+                        Piece::Part(data) => Ok(Done::Part(cut(data, 0, data.len(), ChunkId::of(data))?)),
+                        Piece::Raw(_) | Piece::PartsEnd { .. } => Ok(Done::Skip),
+                    })
+                    .collect::<Result<Vec<_>>>()
+            },
+            || {
+                // In stream order: a batch may end one streamed region and begin the next.
+                let mut ends = Vec::new();
+                for (i, p) in batch.iter().enumerate() {
+                    match p {
+                        Piece::Part(data) => {
+                            streamed.get_or_insert_with(blake3::Hasher::new).update(data);
+                        }
+                        Piece::PartsEnd { .. } => {
+                            let h = streamed.take().unwrap_or_default();
+                            ends.push((i, FileId::from_bytes(*h.finalize().as_bytes())));
+                        }
+                        _ => {}
+                    }
+                }
+                ends
+            },
+        );
+        let mut done = done?;
+        for (i, id) in ends {
+            done[i] = Done::PartsEnd(id, known_files.get(&id.as_bytes()[..])?.is_some());
+        }
+        Ok(done)
+    }
+
+    /// The packer thread: packs each prepared batch's new chunks and writes
+    /// its file recipes and layer recipe entries, in stream order.
+    fn pack_batches(&self, rx: Receiver<Prepared>) -> Result<Written> {
+        let mut st = PackerState {
             w: Written::default(),
             pack: None,
             recipe: RecipeWriter::new()?,
             chunk_counts: HashMap::new(),
-            streamed: None,
             streamed_chunks: Vec::new(),
         };
         let result = (|| -> Result<()> {
-            let tx = self.db.begin_read()?;
-            let known_chunks = tx.open_table(CHUNKS)?;
-            let known_files = tx.open_table(FILES)?;
-            let chunker = Chunker::new(self.params);
-            for batch in rx {
-                self.write_batch(&mut st, batch, &chunker, &known_chunks, &known_files)?;
+            for p in rx {
+                self.pack_batch(&mut st, p)?;
             }
             if let Some(pw) = st.pack.take() {
                 self.seal(pw, &mut st.w)?;
@@ -302,188 +450,141 @@ impl Store {
         }
     }
 
-    fn write_batch(
+    fn pack_batch(&self, st: &mut PackerState, p: Prepared) -> Result<()> {
+        let Prepared { batch, mut done } = p;
+        // What this batch claimed, by id: packed at its first sighting in stream order.
+        let mut files_here: HashMap<FileId, usize> = HashMap::new();
+        let mut chunks_here: HashMap<ChunkId, (usize, usize)> = HashMap::new();
+        for (i, d) in done.iter().enumerate() {
+            match d {
+                Done::New(id, cuts) => {
+                    files_here.insert(*id, i);
+                    for (k, c) in cuts.iter().enumerate() {
+                        if c.stored.is_some() {
+                            chunks_here.insert(c.id, (i, k));
+                        }
+                    }
+                }
+                Done::Part(c) if c.stored.is_some() => {
+                    chunks_here.insert(c.id, (i, 0));
+                }
+                _ => {}
+            }
+        }
+        for i in 0..batch.len() {
+            let (id, n) = match &done[i] {
+                Done::Skip => {
+                    if let Piece::Raw(b) = &batch[i] {
+                        st.recipe.raw(b)?;
+                    }
+                    continue;
+                }
+                Done::Part(c) => {
+                    let (cid, len) = (c.id, c.len as u32);
+                    self.pack_chunk(st, &batch, &mut done, &mut chunks_here, cid)?;
+                    st.streamed_chunks.push((cid, len));
+                    continue;
+                }
+                Done::Indexed(id, n) => (*id, *n),
+                Done::Claimed(id) | Done::New(id, _) => {
+                    let id = *id;
+                    let n = match (st.chunk_counts.get(&id), files_here.get(&id)) {
+                        (Some(n), _) => *n,
+                        // The first sighting of content this batch claimed.
+                        (None, Some(&j)) => self.pack_file(st, &batch, &mut done, &mut chunks_here, j)?,
+                        (None, None) => unreachable!("claimed content is packed in its claimer's batch"),
+                    };
+                    (id, n)
+                }
+                Done::PartsEnd(id, indexed) => {
+                    let (id, indexed) = (*id, *indexed);
+                    let chunks = std::mem::take(&mut st.streamed_chunks);
+                    let n = chunks.len() as u64;
+                    if !st.chunk_counts.contains_key(&id) {
+                        if !indexed {
+                            let size = chunks.iter().map(|c| c.1 as u64).sum();
+                            st.w.files.insert(id, FileRecipe { size, chunks });
+                        }
+                        st.chunk_counts.insert(id, n);
+                    }
+                    (id, n)
+                }
+            };
+            let (kind, path, size) = match &batch[i] {
+                Piece::Whole { kind, path, data } => (*kind, path, data.len() as u64),
+                Piece::PartsEnd { kind, path, size } => (*kind, path, *size),
+                _ => unreachable!("only whole regions and streamed ends are content"),
+            };
+            match kind {
+                ContentKind::File => {
+                    st.w.files_count += 1;
+                    st.w.file_bytes += size;
+                    st.recipe.file(&id, size, path)?;
+                }
+                ContentKind::Data => st.recipe.data(&id, size)?,
+            }
+            st.w.chunk_refs += n;
+            st.w.contents.push(id);
+        }
+        Ok(())
+    }
+
+    /// Pack the chunks of the whole region `batch[j]`, which this batch
+    /// claimed, and record its file recipe; returns its chunk count.
+    fn pack_file(
         &self,
-        st: &mut WriterState,
-        batch: Vec<Piece>,
-        chunker: &Chunker,
-        known_chunks: &redb::ReadOnlyTable<&[u8], &[u8]>,
-        known_files: &redb::ReadOnlyTable<&[u8], &[u8]>,
+        st: &mut PackerState,
+        batch: &[Piece],
+        done: &mut [Done],
+        chunks_here: &mut HashMap<ChunkId, (usize, usize)>,
+        j: usize,
+    ) -> Result<u64> {
+        let Done::New(id, cuts) = &done[j] else { unreachable!("files_here names claimed regions") };
+        let id = *id;
+        let list: Vec<(ChunkId, u32)> = cuts.iter().map(|c| (c.id, c.len as u32)).collect();
+        for (cid, _) in &list {
+            self.pack_chunk(st, batch, done, chunks_here, *cid)?;
+        }
+        let n = list.len() as u64;
+        st.w.files.insert(id, FileRecipe { size: batch[j].data_len() as u64, chunks: list });
+        st.chunk_counts.insert(id, n);
+        Ok(n)
+    }
+
+    /// Pack chunk `id` if this is its first sighting and this batch claimed it.
+    fn pack_chunk(
+        &self,
+        st: &mut PackerState,
+        batch: &[Piece],
+        done: &mut [Done],
+        chunks_here: &mut HashMap<ChunkId, (usize, usize)>,
+        id: ChunkId,
     ) -> Result<()> {
-        // 1. Hash every whole region and every part; meanwhile feed the parts
-        //    of a streamed region to its whole-content hash, in order.
-        let streamed = &mut st.streamed;
-        let (hashes, ends) = rayon::join(
-            || {
-                batch
-                    .par_iter()
-                    .map(|p| match p {
-                        Piece::Whole { data, .. } | Piece::Part(data) => Some(*blake3::hash(data).as_bytes()),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>()
-            },
-            || {
-                // In stream order: a batch may end one streamed region and begin the next.
-                let mut ends = HashMap::new();
-                for (i, p) in batch.iter().enumerate() {
-                    match p {
-                        Piece::Part(data) => {
-                            streamed.get_or_insert_with(blake3::Hasher::new).update(data);
-                        }
-                        Piece::PartsEnd { .. } => {
-                            let h = streamed.take().unwrap_or_default();
-                            ends.insert(i, FileId::from_bytes(*h.finalize().as_bytes()));
-                        }
-                        _ => {}
-                    }
-                }
-                ends
-            },
-        );
-        // 2. Which whole regions are already held (first sighting in stream order wins)?
-        let mut plans: Vec<Plan> = Vec::with_capacity(batch.len());
-        let mut fresh: std::collections::HashSet<FileId> = std::collections::HashSet::new();
-        for (p, h) in batch.iter().zip(&hashes) {
-            plans.push(match (p, h) {
-                (Piece::Whole { .. }, Some(h)) => {
-                    let id = FileId::from_bytes(*h);
-                    if st.chunk_counts.contains_key(&id) || fresh.contains(&id) {
-                        Plan::Held(id)
-                    } else if let Some(v) = known_files.get(&id.as_bytes()[..])? {
-                        let (_, r) = index::decode_file(v.value())?;
-                        st.chunk_counts.insert(id, r.chunks.len() as u64);
-                        Plan::Held(id)
-                    } else {
-                        fresh.insert(id);
-                        Plan::New(id, Vec::new())
-                    }
-                }
-                (Piece::Part(_), Some(h)) => Plan::Part(ChunkId::from_bytes(*h)),
-                _ => Plan::Skip,
-            });
-        }
-        // 3. Cut and hash the chunks of new regions.
-        plans.par_iter_mut().zip(batch.par_iter()).for_each(|(plan, p)| {
-            if let (Plan::New(id, chunks), Piece::Whole { data, .. }) = (plan, p) {
-                let cuts = chunker.cuts(data);
-                *chunks = if cuts.len() == 1 {
-                    // A one-chunk file's id is its chunk's id: hash once.
-                    vec![(0, data.len(), id.as_chunk())]
-                } else {
-                    cuts.into_par_iter().map(|(o, l)| (o, l, ChunkId::of(&data[o..o + l]))).collect()
-                };
-            }
-        });
-        // 4. Which chunks are new (first sighting in stream order wins)?
-        let mut new: Vec<(usize, usize, usize, ChunkId)> = Vec::new();
-        let w = &mut st.w;
-        let mut check = |i: usize, o: usize, l: usize, id: &ChunkId| -> Result<()> {
-            if !w.chunks.contains_key(id) && known_chunks.get(&id.as_bytes()[..])?.is_none() {
-                // Placeholder until packed; marks it as seen.
-                w.chunks.insert(*id, ChunkLoc { pack: PackId(0), offset: 0, stored_len: 0, raw_len: l as u32, num: 0 });
-                w.chunk_order.push(*id);
-                new.push((i, o, l, *id));
-            }
-            Ok(())
+        let Some((j, k)) = chunks_here.remove(&id) else {
+            return Ok(()); // packed already, or held by the index
         };
-        for (i, (plan, p)) in plans.iter().zip(&batch).enumerate() {
-            match plan {
-                Plan::New(_, chunks) => {
-                    for (o, l, id) in chunks {
-                        check(i, *o, *l, id)?;
-                    }
-                }
-                Plan::Part(id) => check(i, 0, p.data_len(), id)?,
-                Plan::Held(_) | Plan::Skip => {}
-            }
-        }
-        // 5-6. Compress the new chunks (rayon) and pack them in stream order;
-        //      meanwhile 7. file recipes, the layer recipe and counts.
-        let stored_of = |&(i, o, l, _): &(usize, usize, usize, ChunkId)| match &batch[i] {
-            Piece::Whole { data, .. } | Piece::Part(data) => &data[o..o + l],
+        let c = match &mut done[j] {
+            Done::New(_, cuts) => &mut cuts[k],
+            Done::Part(c) => c,
+            _ => unreachable!("chunks_here names cuts"),
+        };
+        let stored = c.stored.take().expect("claimed cuts carry their stored form");
+        let raw = match &batch[j] {
+            Piece::Whole { data, .. } | Piece::Part(data) => &data[c.off..c.off + c.len],
             _ => unreachable!("only regions and parts have chunks"),
         };
-        let level = self.opts.compression_level;
-        let (pack, chunks, chunk_bytes) = (&mut st.pack, &mut st.w.chunks, &mut st.w.chunk_bytes);
-        let mut full: Vec<PackWriter> = Vec::new();
-        let (packed, described) = rayon::join(
-            || -> Result<()> {
-                let compressed: Vec<Option<Vec<u8>>> =
-                    new.par_iter().map(|c| pack::compress_chunk(stored_of(c), level)).collect();
-                for (c, z) in new.iter().zip(compressed) {
-                    let raw = stored_of(c);
-                    if pack.is_none() {
-                        *pack = Some(PackWriter::create(&self.staging, self.allocate_pack())?);
-                    }
-                    let pw = pack.as_mut().expect("created above");
-                    let loc = pw.append(&c.3, raw.len() as u32, z.as_deref().unwrap_or(raw))?;
-                    chunks.insert(c.3, loc);
-                    *chunk_bytes += raw.len() as u64;
-                    if pw.len() >= self.opts.pack_size {
-                        full.push(pack.take().expect("present"));
-                    }
-                }
-                Ok(())
-            },
-            || -> Result<()> {
-                for (i, (plan, p)) in plans.iter().zip(&batch).enumerate() {
-                    let (id, kind, path, size, n) = match (plan, p) {
-                        (_, Piece::Raw(b)) => {
-                            st.recipe.raw(b)?;
-                            continue;
-                        }
-                        (Plan::Part(id), Piece::Part(data)) => {
-                            st.streamed_chunks.push((*id, data.len() as u32));
-                            continue;
-                        }
-                        (Plan::New(id, chunks), Piece::Whole { kind, path, data }) => {
-                            let r = FileRecipe {
-                                size: data.len() as u64,
-                                chunks: chunks.iter().map(|c| (c.2, c.1 as u32)).collect(),
-                            };
-                            st.w.files.insert(*id, r);
-                            st.chunk_counts.insert(*id, chunks.len() as u64);
-                            (*id, *kind, path, data.len() as u64, chunks.len() as u64)
-                        }
-                        (Plan::Held(id), Piece::Whole { kind, path, data }) => {
-                            (*id, *kind, path, data.len() as u64, st.chunk_counts[id])
-                        }
-                        (_, Piece::PartsEnd { kind, path, size }) => {
-                            let id = ends[&i];
-                            let chunks = std::mem::take(&mut st.streamed_chunks);
-                            let n = chunks.len() as u64;
-                            if !st.chunk_counts.contains_key(&id) {
-                                if known_files.get(&id.as_bytes()[..])?.is_none() {
-                                    st.w.files.insert(id, FileRecipe { size: *size, chunks });
-                                }
-                                st.chunk_counts.insert(id, n);
-                            }
-                            (id, *kind, path, *size, n)
-                        }
-                        _ => unreachable!("plans follow pieces"),
-                    };
-                    match kind {
-                        ContentKind::File => {
-                            st.w.files_count += 1;
-                            st.w.file_bytes += size;
-                            st.recipe.file(&id, size, path)?;
-                        }
-                        ContentKind::Data => st.recipe.data(&id, size)?,
-                    }
-                    st.w.chunk_refs += n;
-                    st.w.contents.push(id);
-                }
-                Ok(())
-            },
-        );
-        let mut full = full.into_iter();
-        let sealed = packed.and(described).and_then(|()| full.try_for_each(|pw| self.seal(pw, &mut st.w)));
-        if sealed.is_err() {
-            // Packs filled but not sealed: nothing may stay staged.
-            full.for_each(|pw| self.discard(pw));
+        if st.pack.is_none() {
+            st.pack = Some(PackWriter::create(&self.staging, self.allocate_pack())?);
         }
-        sealed
+        let pw = st.pack.as_mut().expect("created above");
+        let loc = pw.append(&id, raw.len() as u32, stored.as_deref().unwrap_or(raw))?;
+        st.w.chunks.insert(id, loc);
+        st.w.chunk_order.push(id);
+        st.w.chunk_bytes += raw.len() as u64;
+        if pw.len() >= self.opts.pack_size {
+            self.seal(st.pack.take().expect("present"), &mut st.w)?;
+        }
+        Ok(())
     }
 
     /// Drop an unsealed pack and its staged file.
@@ -616,15 +717,14 @@ impl Store {
     }
 }
 
-/// The writer thread's working state across batches.
-struct WriterState {
+/// The packer thread's working state across batches.
+struct PackerState {
     w: Written,
     pack: Option<PackWriter>,
     recipe: RecipeWriter,
     /// Chunk count of every content id this ingest has met (held or new).
     chunk_counts: HashMap<FileId, u64>,
-    /// The whole-content hash of the region being streamed, and its chunks so far.
-    streamed: Option<blake3::Hasher>,
+    /// The chunks of the region being streamed, so far.
     streamed_chunks: Vec<(ChunkId, u32)>,
 }
 
