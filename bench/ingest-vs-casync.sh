@@ -14,9 +14,13 @@
 #   CHUNKSTORE_BIN=P  use this binary instead of building target/release/chunkstore
 #   KEEP=1            keep the scratch stores, indexes and chunkstore JSON output
 #   RESULTS=FILE      also write the report to FILE
+#   BIG_GIB=N         after the corpus runs, stream a generated N GiB layer into a
+#                     fresh chunkstore store from stdin (`ingest -`) and report its
+#                     peak RSS: memory must not grow with the layer (default 2; 0 skips)
 #
 # Timing hygiene: before each tool's run the script syncs and (as root) drops
-# the page/dentry/inode caches, then re-reads the corpus into the page cache.
+# the page/dentry/inode caches, then re-reads the corpus and both tools'
+# binaries into the page cache.
 # On this machine's ext4, creating many files soon after deleting many (e.g. a
 # previous run's store) is otherwise 1.5-3x slower in a way that grows run to
 # run; dropping caches removes that, and both tools read the corpus warm.
@@ -31,7 +35,9 @@ CORPUS=${CORPUS:-/tmp/chunkstore-corpus}
 REPEAT=${REPEAT:-3}
 CASYNC_ONLY=${CASYNC_ONLY:-0}
 KEEP=${KEEP:-0}
+BIG_GIB=${BIG_GIB:-2}
 [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "REPEAT must be a positive integer, got '$REPEAT'"
+[[ $BIG_GIB =~ ^[0-9]+$ ]] || die "BIG_GIB must be a whole number of GiB, got '$BIG_GIB'"
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(git -C "$SCRIPT_DIR" rev-parse --show-toplevel 2>/dev/null) \
@@ -102,7 +108,7 @@ settle() {
   if [[ $IS_ROOT -eq 1 && -w /proc/sys/vm/drop_caches ]]; then
     echo 3 > /proc/sys/vm/drop_caches
   fi
-  cat "$CORPUS"/*.tar "$CORPUS"/*.tar.gz > /dev/null
+  cat "$CORPUS"/*.tar "$CORPUS"/*.tar.gz "$(command -v casync)" ${BIN:+"$BIN"} > /dev/null
 }
 [[ $IS_ROOT -eq 1 ]] || say "warning: not root, cannot drop caches; timings may be noisy"
 
@@ -146,9 +152,16 @@ run_chunkstore() {
   for l in "${LAYERS[@]}"; do
     run_timed "$WORK/res/$tool.$l" "$d/json/$l.json" "$d/$l.err" \
       "$BIN" --store "$d/store" ingest --json "$CORPUS/$l$sfx"
-    if ! python3 -m json.tool "$d/json/$l.json" > /dev/null 2>&1; then
-      say "warning: chunkstore ingest --json output for $l$sfx is not valid JSON"
-    fi
+    # One summary per input: check it names the whole tar, keep its in-process seconds.
+    python3 - "$d/json/$l.json" "$(stat -c %s "$CORPUS/$l.tar")" >> "$WORK/res/$tool.$l.json" <<'PY' \
+      || die "chunkstore ingest --json output for $l$sfx is not what the script expects (see $d/json/$l.json)"
+import json, sys
+s = json.load(open(sys.argv[1]))
+assert isinstance(s, list) and len(s) == 1, "want a JSON array of one summary"
+s = s[0]
+assert s["tar_size"] == int(sys.argv[2]), f"tar_size {s['tar_size']} is not the .tar's size {sys.argv[2]}"
+print(s["seconds"], s["new_stored_bytes"], s["id"])
+PY
   done
   du -sb "$d/store" | cut -f1 > "$WORK/res/$tool.stored"
 }
@@ -167,6 +180,72 @@ for ((rep = 1; rep <= REPEAT; rep++)); do
   # Free the space now; the next run's settle() drops the caches again.
   [[ $KEEP == 1 ]] || rm -rf "$WORK"/casync."$rep" "$WORK"/chunkstore."$rep" "$WORK"/chunkstore-gz."$rep"
 done
+
+# ---------------------------------------------------------------- large layer
+# A generated layer streamed from stdin: peak RSS must stay bounded whatever
+# the layer's size. Seeded, so every run streams the same bytes. Half its bytes
+# are in files of 512 B - 256 KiB (log-uniform), a quarter in 1-8 MiB files, a
+# quarter in 32-96 MiB files, which stream through the chunker (over its 8 MiB
+# whole-file limit): about 12,000 files per GiB. Contents alternate random and
+# text-like stretches (slices of one 5 MB text, so some chunks repeat).
+gen_layer() {
+  python3 - "$1" <<'PY'
+import io, random, sys, tarfile
+total = int(sys.argv[1]) << 30
+rng = random.Random(20261124)
+words = [b"fn", b"let", b"value", b"return", b"layer", b"chunk", b"{", b"}", b"\n", b"0x1f"]
+text = b" ".join(rng.choice(words) for _ in range(1 << 20))
+class Content(io.RawIOBase):
+    """`size` bytes, made as they are read."""
+    def __init__(self, size, seed):
+        self.left, self.rng = size, random.Random(seed)
+    def readable(self):
+        return True
+    def readinto(self, b):
+        n = min(len(b), self.left, 1 << 20)
+        if n > 0:
+            if self.rng.random() < 0.5:
+                b[:n] = self.rng.randbytes(n)
+            else:
+                o = self.rng.randrange(len(text) - n)
+                b[:n] = text[o:o + n]
+            self.left -= n
+        return max(n, 0)
+# (share of the bytes, size of one file)
+kinds = [(0.50, lambda: int(2 ** rng.uniform(9, 18))),
+         (0.25, lambda: rng.randrange(1 << 20, 8 << 20)),
+         (0.25, lambda: rng.randrange(32 << 20, 96 << 20))]
+have = [0] * len(kinds)
+out = tarfile.open(fileobj=sys.stdout.buffer, mode="w|", format=tarfile.PAX_FORMAT, bufsize=1 << 20)
+done, i = 0, 0
+while done < total:
+    k = min(range(len(kinds)), key=lambda k: have[k] / kinds[k][0])
+    size = min(kinds[k][1](), total - done)
+    info = tarfile.TarInfo(f"data/d{i // 1000:04d}/f{i:07d}")
+    info.size, info.mode, info.mtime = size, 0o644, 1700000000
+    out.addfile(info, io.BufferedReader(Content(size, i), 1 << 20))
+    done, i, have[k] = done + size, i + 1, have[k] + size
+out.close()
+print(f"{i} files", file=sys.stderr)
+PY
+}
+
+BIG_RES=""
+if [[ $CASYNC_ONLY != 1 && $BIG_GIB -gt 0 ]]; then
+  say "large layer: $BIG_GIB GiB generated, streamed into chunkstore ingest -"
+  settle
+  d=$WORK/big
+  mkdir -p "$d"
+  if ! gen_layer "$BIG_GIB" 2> "$d/gen.err" \
+      | "$TIME" -f '%e %M' -o "$d/time" -- "$BIN" --store "$d/store" ingest --json - > "$d/out.json" 2> "$d/err"; then
+    sed 's/^/    /' "$d/gen.err" "$d/err" >&2
+    die "large-layer ingest failed"
+  fi
+  read -r big_s big_kib < "$d/time"
+  big_tar=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[0]["tar_size"])' "$d/out.json")
+  BIG_RES="$big_tar $big_s $big_kib $(cat "$d/gen.err"), $(du -sb "$d/store" | cut -f1) bytes stored"
+  [[ $KEEP == 1 ]] || rm -rf "$d/store"
+fi
 
 # ---------------------------------------------------------------- report
 median_secs() { awk '{print $1}' "$1" | sort -g | awk '{a[NR]=$1} END {m=int((NR+1)/2); if (NR%2) print a[m]; else printf "%.3f\n", (a[m]+a[m+1])/2}'; }
@@ -225,6 +304,20 @@ report() {
     printf 'chunkstore from .tar.gz (casync cannot read gzip): %.2f s, %s MB/s of .tar bytes (%s MB/s of .tar.gz bytes), stored %s bytes, peak RSS %.1f MiB\n' \
       "${sum[chunkstore-gz]}" "$(mbps $total_tar "${sum[chunkstore-gz]}")" "$(mbps $total_gz "${sum[chunkstore-gz]}")" \
       "$(cat "$WORK/res/chunkstore-gz.stored")" "$(awk -v k="${rss[chunkstore-gz]}" 'BEGIN{print k/1024}')"
+    # The summaries' own `seconds` (store open, process start and exit excluded).
+    local inproc=0
+    for l in "${LAYERS[@]}"; do
+      inproc=$(awk -v a="$inproc" -v m="$(median_secs "$WORK/res/chunkstore.$l.json")" 'BEGIN{printf "%.3f", a+m}')
+    done
+    printf 'chunkstore in-process ingest seconds (JSON "seconds", median per layer, summed): %.3f s of the %.2f s\n' \
+      "$inproc" "${sum[chunkstore]}"
+  fi
+  if [[ -n $BIG_RES ]]; then
+    read -r bytes secs kib rest <<< "$BIG_RES"
+    echo
+    printf 'large layer (BIG_GIB=%s, generated, from stdin): %.2f GiB tar in %.1f s (%.0f MB/s, generator-bound or not), peak RSS %.1f MiB; %s\n' \
+      "$BIG_GIB" "$(awk -v b="$bytes" 'BEGIN{print b/2^30}')" "$secs" "$(awk -v b="$bytes" -v s="$secs" 'BEGIN{print b/1e6/s}')" \
+      "$(awk -v k="$kib" 'BEGIN{print k/1024}')" "$rest"
   fi
 }
 

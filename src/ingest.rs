@@ -1,9 +1,11 @@
 //! Ingest. The caller's thread walks the tar and reads each content region
 //! whole (regions over [`WINDOW`] are cut into chunks as they stream by), in
-//! batches. A writer thread takes each batch through: hash every region
-//! (rayon), skip regions whose content the store or this ingest already holds,
-//! cut and hash the chunks of the rest (rayon), dedup chunks, compress the new
-//! ones (rayon), append them to packs and write the layer recipe. One index
+//! batches, while the input's SHA-256 runs beside it (see `input`). A writer
+//! thread runs one parallel pass (rayon) per batch: BLAKE3 of every region;
+//! content the index holds, or another piece of this ingest claimed, stops
+//! there; the rest is cut, its chunks hashed, and chunks neither held nor
+//! claimed are compressed. A packer thread appends the new chunks to packs
+//! and writes file recipes and the layer recipe, in stream order. One index
 //! transaction at the end, after every pack it names is durable.
 
 use crate::chunker::{Chunker, WINDOW};
