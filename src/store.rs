@@ -225,7 +225,36 @@ impl Store {
         Err(Error::new(ErrorKind::AlreadyExists, "64 pack ids in a row were already taken in the backend"))
     }
 
+    /// An existing store's chunker sizes, read without a write transaction
+    /// (which costs an fsync on every open); `None` if anything is missing or
+    /// differs, for [`Self::init_meta`] to create or report.
+    fn settled_meta(db: &Database, opts: &StoreOptions) -> Option<ChunkerParams> {
+        let tx = db.begin_read().ok()?;
+        let meta = tx.open_table(META).ok()?;
+        let ver = meta.get(index::FORMAT_KEY).ok()??;
+        if ver.value() != index::FORMAT_VERSION.to_le_bytes() {
+            return None;
+        }
+        let params = ChunkerParams::decode(meta.get(index::CHUNKER_KEY).ok()??.value()).ok()?;
+        if opts.chunker.is_some_and(|want| want != params) {
+            return None;
+        }
+        let all = tx.open_table(CHUNKS).is_ok()
+            && tx.open_table(FILES).is_ok()
+            && tx.open_table(LAYERS).is_ok()
+            && tx.open_table(RECIPES).is_ok()
+            && tx.open_table(BLOBS).is_ok()
+            && tx.open_table(PACKS).is_ok()
+            && tx.open_table(index::LAYER_MAPS).is_ok()
+            && tx.open_table(index::CLIENTS).is_ok()
+            && tx.open_table(index::LAYER_SETS).is_ok();
+        all.then_some(params)
+    }
+
     fn init_meta(db: &Database, opts: &StoreOptions) -> Result<ChunkerParams> {
+        if let Some(params) = Self::settled_meta(db, opts) {
+            return Ok(params);
+        }
         let tx = db.begin_write()?;
         let params = {
             let mut meta = tx.open_table(META)?;
