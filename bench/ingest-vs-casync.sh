@@ -115,14 +115,18 @@ settle() {
 # run_timed RESFILE STDOUT STDERR CMD...: appends "secs maxrss_kib" to RESFILE
 run_timed() {
   local res=$1 out=$2 err=$3; shift 3
-  local tf=$WORK/time.out
-  if ! "$TIME" -f '%e %M' -o "$tf" -- "$@" > "$out" 2> "$err"; then
+  local tf=$WORK/time.out t0 t1
+  # Wall time from the shell's clock: GNU time's %e rounds to 10 ms, a
+  # quarter of a small layer's ingest. %M (peak RSS) still comes from time.
+  t0=$(date +%s%N)
+  if ! "$TIME" -f '%M' -o "$tf" -- "$@" > "$out" 2> "$err"; then
     say "command failed: $*"
     sed 's/^/    /' "$err" >&2
     [[ -s $tf ]] && sed 's/^/    /' "$tf" >&2
     die "aborting"
   fi
-  tail -n 1 "$tf" >> "$res"
+  t1=$(date +%s%N)
+  echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.4f", (b - a) / 1e9}') $(tail -n 1 "$tf")" >> "$res"
 }
 
 # ---------------------------------------------------------------- runs
@@ -248,7 +252,7 @@ if [[ $CASYNC_ONLY != 1 && $BIG_GIB -gt 0 ]]; then
 fi
 
 # ---------------------------------------------------------------- report
-median_secs() { awk '{print $1}' "$1" | sort -g | awk '{a[NR]=$1} END {m=int((NR+1)/2); if (NR%2) print a[m]; else printf "%.3f\n", (a[m]+a[m+1])/2}'; }
+median_secs() { awk '{print $1}' "$1" | sort -g | awk '{a[NR]=$1} END {m=int((NR+1)/2); if (NR%2) print a[m]; else printf "%.4f\n", (a[m]+a[m+1])/2}'; }
 max_rss()     { awk 'BEGIN{m=0} $2>m{m=$2} END{print m}' "$1"; }
 
 report() {
@@ -271,14 +275,14 @@ report() {
     declare -A med
     for t in "${TOOLS[@]}"; do
       med[$t]=$(median_secs "$WORK/res/$t.$l")
-      sum[$t]=$(awk -v a="${sum[$t]}" -v b="${med[$t]}" 'BEGIN{printf "%.3f", a+b}')
+      sum[$t]=$(awk -v a="${sum[$t]}" -v b="${med[$t]}" 'BEGIN{printf "%.4f", a+b}')
       local r; r=$(max_rss "$WORK/res/$t.$l"); if (( r > rss[$t] )); then rss[$t]=$r; fi
     done
     if [[ $CASYNC_ONLY == 1 ]]; then
       printf '%-16s %10.2f %10.2f %12.1f\n' "$l" "$(awk -v s="$sz" 'BEGIN{print s/1e6}')" \
         "${med[casync]}" "$(awk -v k="$(max_rss "$WORK/res/casync.$l")" 'BEGIN{print k/1024}')"
     else
-      printf '%-16s %10.2f %10.2f %12.2f %14.2f %10.1f %14.1f\n' "$l" "$(awk -v s="$sz" 'BEGIN{print s/1e6}')" \
+      printf '%-16s %10.2f %10.3f %12.3f %14.3f %10.1f %14.1f\n' "$l" "$(awk -v s="$sz" 'BEGIN{print s/1e6}')" \
         "${med[casync]}" "${med[chunkstore]}" "${med[chunkstore-gz]}" \
         "$(awk -v k="$(max_rss "$WORK/res/chunkstore.$l")" 'BEGIN{print k/1024}')" \
         "$(awk -v k="$(max_rss "$WORK/res/chunkstore-gz.$l")" 'BEGIN{print k/1024}')"
@@ -290,7 +294,7 @@ report() {
   printf 'total input: %.2f MB .tar (%.2f MB .tar.gz)\n' "$(awk -v s=$total_tar 'BEGIN{print s/1e6}')" "$(awk -v s=$total_gz 'BEGIN{print s/1e6}')"
   printf '%-24s %10s %10s %14s %14s\n' tool total_s MB/s stored_bytes peak_RSS_MiB
   for t in "${TOOLS[@]}"; do
-    printf '%-24s %10.2f %10s %14s %14.1f\n' "$t" "${sum[$t]}" "$(mbps $total_tar "${sum[$t]}")" \
+    printf '%-24s %10.3f %10s %14s %14.1f\n' "$t" "${sum[$t]}" "$(mbps $total_tar "${sum[$t]}")" \
       "$(cat "$WORK/res/$t.stored")" "$(awk -v k="${rss[$t]}" 'BEGIN{print k/1024}')"
   done
   if [[ $CASYNC_ONLY != 1 ]]; then
