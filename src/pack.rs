@@ -168,16 +168,17 @@ impl PackWriter {
         Ok(ChunkLoc { pack: self.id, offset, stored_len, raw_len, num: 0 })
     }
 
-    /// Write the trailer and flush; returns the staged file's path, its length
-    /// and its entry count.
+    /// Write the trailer and flush (not sync); returns the staged file's path,
+    /// its length and its entry count.
     pub fn finish(mut self) -> Result<(PathBuf, u64, u64)> {
         let mut t = [0u8; TRAILER_LEN as usize];
         t[..8].copy_from_slice(TRAILER_MAGIC);
         t[8..16].copy_from_slice(&self.count.to_le_bytes());
         t[16..24].copy_from_slice(&self.len.to_le_bytes());
         self.write(&t)?;
-        let file = self.out.into_inner().map_err(|e| Error::io("flushing pack", e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))?;
+        // No fsync here: the backend's `put_pack` makes the pack durable where
+        // it keeps it (the local one fsyncs this file; S3 uploads it).
+        self.out.into_inner().map_err(|e| Error::io("flushing pack", e.into_error()))?;
         Ok((self.path, self.len, self.count))
     }
 }
