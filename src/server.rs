@@ -295,19 +295,13 @@ async fn ack(
     Path(client): Path<String>,
     Json(b): Json<LayersBody>,
 ) -> ApiResult<Response> {
-    let client = client_id(&client)?;
-    app.authorize(&h, Scope::Pull, Some(&client), false)?;
-    let layers = b.layers.iter().map(|l| layer_id(l)).collect::<ApiResult<Vec<_>>>()?;
-    let store = app.store.clone();
-    let info = blocking(move || {
-        if store.client(&client).is_err() {
-            store.add_client(&client)?;
+    update_possession(&app, &h, &client, &b, |store, client, layers| {
+        if store.client(client).is_err() {
+            store.add_client(client)?;
         }
-        store.hold(&client, &layers)?;
-        store.client(&client)
+        store.hold(client, &layers)
     })
-    .await?;
-    Ok(Json(info).into_response())
+    .await
 }
 
 async fn report_possession(
@@ -316,14 +310,29 @@ async fn report_possession(
     Path(client): Path<String>,
     Json(b): Json<LayersBody>,
 ) -> ApiResult<Response> {
-    let client = client_id(&client)?;
-    app.authorize(&h, Scope::Pull, Some(&client), false)?;
+    update_possession(&app, &h, &client, &b, |store, client, layers| {
+        // Layers the hub does not know cannot be counted; keep the rest.
+        let known: Vec<LayerId> = layers.into_iter().filter(|l| matches!(store.layer(l), Ok(Some(_)))).collect();
+        store.set_possession(client, &known)
+    })
+    .await
+}
+
+/// A possession write for `client` (pull scope): `update` runs on a blocking
+/// thread with the body's layers; the reply is the client's record after it.
+async fn update_possession(
+    app: &Arc<App>,
+    h: &HeaderMap,
+    client: &str,
+    b: &LayersBody,
+    update: impl FnOnce(&Store, &ClientId, Vec<LayerId>) -> crate::Result<()> + Send + 'static,
+) -> ApiResult<Response> {
+    let client = client_id(client)?;
+    app.authorize(h, Scope::Pull, Some(&client), false)?;
     let layers = b.layers.iter().map(|l| layer_id(l)).collect::<ApiResult<Vec<_>>>()?;
     let store = app.store.clone();
     let info = blocking(move || {
-        // Layers the hub does not know cannot be counted; keep the rest.
-        let known: Vec<LayerId> = layers.into_iter().filter(|l| matches!(store.layer(l), Ok(Some(_)))).collect();
-        store.set_possession(&client, &known)?;
+        update(&store, &client, layers)?;
         store.client(&client)
     })
     .await?;
