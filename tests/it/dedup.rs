@@ -9,28 +9,13 @@
 //! names); hostile tarballs by decompressing a real one with `zstd -d`,
 //! editing its entries, and compressing again.
 
-use crate::common::{cs, cs_json, cs_ok, sha256_hex};
+use crate::common::{cs, cs_json, cs_ok, pseudo_random as noise, sha256_hex};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 // ---------------------------------------------------------------- fixtures
-
-/// Deterministic pseudo-random bytes (xorshift64): files share content only
-/// where a test means them to.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
 
 /// A FileId / ChunkId as the command prints it.
 fn blake(data: &[u8]) -> String {

@@ -6,7 +6,7 @@
 //! Raw requests (error bodies, anonymous access, hostile uploads) go through
 //! `curl`, or Python's `urllib` where curl is missing.
 
-use crate::common::{bin, sha256_hex};
+use crate::common::{bin, pseudo_random as noise, sha256_hex};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -16,21 +16,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------- fixtures
-
-/// Deterministic pseudo-random bytes (xorshift64): incompressible, and files
-/// share content only where a test means them to.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
 
 /// A layer tar (GNU headers, fixed mode and mtime) written to `dir/name.tar`.
 struct Layer {
