@@ -27,11 +27,11 @@
 # MB = 10^6 bytes; throughput is of the uncompressed .tar bytes.
 set -euo pipefail
 
-die() { echo "ingest-vs-casync: error: $*" >&2; exit 1; }
-say() { echo "ingest-vs-casync: $*" >&2; }
+BENCH_NAME=ingest-vs-casync
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 LAYERS=(base base2 certs prettier-3.0.3 prettier-3.1.1 prettier-3.2.5 prettier-3.3.3)
-CORPUS=${CORPUS:-/tmp/chunkstore-corpus}
 REPEAT=${REPEAT:-3}
 CASYNC_ONLY=${CASYNC_ONLY:-0}
 KEEP=${KEEP:-0}
@@ -39,65 +39,19 @@ BIG_GIB=${BIG_GIB:-2}
 [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "REPEAT must be a positive integer, got '$REPEAT'"
 [[ $BIG_GIB =~ ^[0-9]+$ ]] || die "BIG_GIB must be a whole number of GiB, got '$BIG_GIB'"
 
-SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(git -C "$SCRIPT_DIR" rev-parse --show-toplevel 2>/dev/null) \
-  || die "cannot find the repository root from $SCRIPT_DIR (is git installed?)"
-MAKE_CORPUS="$REPO/../shared/bench/make-corpus"
-IS_ROOT=0; [[ $(id -u) -eq 0 ]] && IS_ROOT=1
-
-apt_install() {
-  [[ $IS_ROOT -eq 1 ]] || die "need root to apt-get install $* (install it yourself or run as root)"
-  say "installing $* with apt-get"
-  if ! apt-get install -y "$@" >/dev/null 2>&1; then
-    apt-get update >/dev/null 2>&1 || die "apt-get update failed"
-    apt-get install -y "$@" >/dev/null || die "apt-get install $* failed"
-  fi
-}
-
 # ---------------------------------------------------------------- tools
 [[ -x /usr/bin/time ]] || apt_install time
 command -v casync >/dev/null 2>&1 || apt_install casync
 command -v python3 >/dev/null 2>&1 || apt_install python3
 TIME=/usr/bin/time
 
-# ---------------------------------------------------------------- corpus
-corpus_complete() {
-  local l
-  for l in "${LAYERS[@]}"; do
-    [[ -s $CORPUS/$l.tar && -s $CORPUS/$l.tar.gz ]] || return 1
-  done
-}
-if ! corpus_complete; then
-  [[ -f $MAKE_CORPUS ]] || die "corpus missing in $CORPUS and no corpus builder at $MAKE_CORPUS"
-  [[ $IS_ROOT -eq 1 ]] || die "corpus missing in $CORPUS; building it needs root (debootstrap)"
-  command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
-  command -v npm >/dev/null 2>&1 || apt_install npm
-  say "building corpus in $CORPUS (about 1-2 minutes)"
-  python3 "$MAKE_CORPUS" "$CORPUS" || die "corpus build failed"
-  corpus_complete || die "corpus build finished but layers are missing in $CORPUS"
-fi
-
-# ---------------------------------------------------------------- chunkstore
+# ---------------------------------------------------------------- corpus, binary
+ensure_corpus "${LAYERS[@]}"
 BIN=""
-if [[ $CASYNC_ONLY != 1 ]]; then
-  if [[ -n ${CHUNKSTORE_BIN:-} ]]; then
-    BIN=$CHUNKSTORE_BIN
-  else
-    command -v cargo >/dev/null 2>&1 || die "cargo not found (set CASYNC_ONLY=1 to run only casync)"
-    say "building chunkstore (cargo build --release)"
-    (cd "$REPO" && cargo build --release) >&2 || die "cargo build --release failed"
-    BIN=$REPO/target/release/chunkstore
-  fi
-  [[ -x $BIN ]] || die "chunkstore binary not found or not executable: $BIN"
-fi
+[[ $CASYNC_ONLY == 1 ]] || BIN=$(chunkstore_bin)
 
 # ---------------------------------------------------------------- scratch
-if [[ -n ${STORE_ROOT:-} ]]; then
-  mkdir -p "$STORE_ROOT"
-  WORK=$(mktemp -d "$STORE_ROOT/ingest-bench.XXXXXX")
-else
-  WORK=$(mktemp -d /var/tmp/ingest-bench.XXXXXX)
-fi
+WORK=$(scratch_dir ingest-bench)
 cleanup() {
   if [[ $KEEP == 1 ]]; then say "kept scratch dir $WORK"; else rm -rf "$WORK"; fi
 }

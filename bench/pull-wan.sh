@@ -57,10 +57,10 @@
 # otherwise. Targets are printed, not enforced (see docs/benchmarks.md).
 set -euo pipefail
 
-die() { echo "pull-wan: error: $*" >&2; exit 1; }
-say() { echo "pull-wan: $*" >&2; }
+BENCH_NAME=pull-wan
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-CORPUS=${CORPUS:-/tmp/chunkstore-corpus}
 REPEAT=${REPEAT:-3}
 LOOP_REPEAT=${LOOP_REPEAT:-3}
 SKIP_LOOPBACK=${SKIP_LOOPBACK:-0}
@@ -79,20 +79,6 @@ PULL_OPTS=()
 [[ -n ${BATCH:-} ]] && PULL_OPTS+=(--batch "$BATCH")
 
 [[ $(id -u) -eq 0 ]] || die "needs root (network namespaces, link emulation)"
-SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(git -C "$SCRIPT_DIR" rev-parse --show-toplevel 2>/dev/null) \
-  || die "cannot find the repository root from $SCRIPT_DIR (is git installed?)"
-MAKE_CORPUS="$REPO/../shared/bench/make-corpus"
-
-APT_UPDATED=0
-apt_install() {
-  say "installing $* with apt-get"
-  if ! apt-get install -y "$@" >/dev/null 2>&1; then
-    if [[ $APT_UPDATED == 0 ]]; then apt-get update >/dev/null 2>&1 || die "apt-get update failed"; APT_UPDATED=1; fi
-    apt-get install -y "$@" >/dev/null || die "apt-get install $* failed"
-  fi
-}
-
 # ---------------------------------------------------------------- tools
 command -v python3 >/dev/null 2>&1 || apt_install python3
 command -v cmp >/dev/null 2>&1 || apt_install diffutils
@@ -102,45 +88,15 @@ command -v ip >/dev/null 2>&1 || apt_install iproute2
 command -v tc >/dev/null 2>&1 || apt_install iproute2
 if [[ $SKIP_WAN != 1 ]]; then command -v casync >/dev/null 2>&1 || apt_install casync; fi
 
-# ---------------------------------------------------------------- corpus
-corpus_complete() {
-  [[ -s $CORPUS/scenarios.txt ]] || return 1
-  local l
-  for l in $(awk '!/^#/ {for (i = 2; i <= NF; i++) print $i}' "$CORPUS/scenarios.txt" | sort -u) base; do
-    [[ -s $CORPUS/$l.tar && -s $CORPUS/$l.tar.gz ]] || return 1
-  done
-}
-if ! corpus_complete; then
-  [[ -f $MAKE_CORPUS ]] || die "corpus missing in $CORPUS and no corpus builder at $MAKE_CORPUS"
-  command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
-  command -v npm >/dev/null 2>&1 || apt_install npm
-  say "building corpus in $CORPUS (about 1-2 minutes)"
-  python3 "$MAKE_CORPUS" "$CORPUS" || die "corpus build failed"
-  corpus_complete || die "corpus build finished but layers are missing in $CORPUS"
-fi
-
-# ---------------------------------------------------------------- chunkstore
-if [[ -n ${CHUNKSTORE_BIN:-} ]]; then
-  BIN=$CHUNKSTORE_BIN
-else
-  command -v cargo >/dev/null 2>&1 || die "cargo not found (or set CHUNKSTORE_BIN)"
-  say "building chunkstore (cargo build --release)"
-  (cd "$REPO" && cargo build --release) >&2 || die "cargo build --release failed"
-  BIN=$REPO/target/release/chunkstore
-fi
-[[ -x $BIN ]] || die "chunkstore binary not found or not executable: $BIN"
-BIN=$(realpath "$BIN")
+# ---------------------------------------------------------------- corpus, binary
+ensure_corpus base
+BIN=$(chunkstore_bin)
 REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')"
 [[ -z $(git -C "$REPO" status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock 2>/dev/null) ]] \
   || REV="$REV+uncommitted changes in src/Cargo"
 
 # ---------------------------------------------------------------- scratch, cleanup
-if [[ -n ${STORE_ROOT:-} ]]; then
-  mkdir -p "$STORE_ROOT"
-  WORK=$(mktemp -d "$STORE_ROOT/pull-wan.XXXXXX")
-else
-  WORK=$(mktemp -d /var/tmp/pull-wan.XXXXXX)
-fi
+WORK=$(scratch_dir pull-wan)
 # A private copy: colleagues rebuilding target/release mid-run must not swap
 # the binary between runs.
 SRC_BIN=$BIN

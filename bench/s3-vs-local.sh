@@ -21,41 +21,23 @@
 #   RESULTS=FILE      also write the report to FILE
 set -euo pipefail
 
-die() { echo "s3-vs-local: error: $*" >&2; exit 1; }
-say() { echo "s3-vs-local: $*" >&2; }
+BENCH_NAME=s3-vs-local
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 LAYERS=(base base2 certs prettier-3.0.3 prettier-3.1.1 prettier-3.2.5 prettier-3.3.3)
-CORPUS=${CORPUS:-/tmp/chunkstore-corpus}
 REPEAT=${REPEAT:-3}
 [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "REPEAT must be a positive integer, got '$REPEAT'"
-SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$SCRIPT_DIR/.." && pwd)
 
-# ---------------------------------------------------------------- corpus
-missing=0
-for l in "${LAYERS[@]}"; do [[ -s $CORPUS/$l.tar ]] || missing=1; done
-if [[ $missing -eq 1 ]]; then
-  MAKE_CORPUS="$REPO/../shared/bench/make-corpus"
-  [[ -f $MAKE_CORPUS ]] || die "corpus missing in $CORPUS and no corpus builder at $MAKE_CORPUS"
-  command -v debootstrap >/dev/null || apt-get install -y debootstrap >/dev/null
-  say "building corpus in $CORPUS"
-  python3 "$MAKE_CORPUS" "$CORPUS" || die "corpus build failed"
-fi
+# ---------------------------------------------------------------- corpus, binary
+ensure_corpus "${LAYERS[@]}"
+CS=$(chunkstore_bin)
 TARS=()
 BYTES=0
 for l in "${LAYERS[@]}"; do
   TARS+=("$CORPUS/$l.tar")
   BYTES=$((BYTES + $(stat -c %s "$CORPUS/$l.tar")))
 done
-
-# ---------------------------------------------------------------- binary
-if [[ -n ${CHUNKSTORE_BIN:-} ]]; then
-  CS=$CHUNKSTORE_BIN
-else
-  say "building chunkstore (cargo build --release)"
-  (cd "$REPO" && cargo build --release --quiet) >&2 || die "cargo build --release failed"
-  CS=$REPO/target/release/chunkstore
-fi
 
 # ---------------------------------------------------------------- S3 server
 STORE_ROOT=${STORE_ROOT:-$(mktemp -d /var/tmp/cs-s3bench.XXXXXX)}

@@ -23,69 +23,22 @@
 # printed, not enforced (see docs/benchmarks.md).
 set -euo pipefail
 
-die() { echo "scenarios: error: $*" >&2; exit 1; }
-say() { echo "scenarios: $*" >&2; }
+BENCH_NAME=scenarios
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-CORPUS=${CORPUS:-/tmp/chunkstore-corpus}
 REPEAT=${REPEAT:-3}
 KEEP=${KEEP:-0}
 [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "REPEAT must be a positive integer, got '$REPEAT'"
 
-SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(git -C "$SCRIPT_DIR" rev-parse --show-toplevel 2>/dev/null) \
-  || die "cannot find the repository root from $SCRIPT_DIR (is git installed?)"
-MAKE_CORPUS="$REPO/../shared/bench/make-corpus"
-IS_ROOT=0; [[ $(id -u) -eq 0 ]] && IS_ROOT=1
-
-apt_install() {
-  [[ $IS_ROOT -eq 1 ]] || die "need root to apt-get install $* (install it yourself or run as root)"
-  say "installing $* with apt-get"
-  if ! apt-get install -y "$@" >/dev/null 2>&1; then
-    apt-get update >/dev/null 2>&1 || die "apt-get update failed"
-    apt-get install -y "$@" >/dev/null || die "apt-get install $* failed"
-  fi
-}
 command -v python3 >/dev/null 2>&1 || apt_install python3
 command -v cmp >/dev/null 2>&1 || apt_install diffutils
 
-# ---------------------------------------------------------------- corpus
 # Every layer any scenario names must be there as .tar and .tar.gz.
-corpus_complete() {
-  [[ -s $CORPUS/scenarios.txt ]] || return 1
-  local l
-  # shellcheck disable=SC2013  # layer names are words, not lines
-  for l in $(awk '!/^#/ {for (i = 2; i <= NF; i++) print $i}' "$CORPUS/scenarios.txt" | sort -u); do
-    [[ -s $CORPUS/$l.tar && -s $CORPUS/$l.tar.gz ]] || return 1
-  done
-}
-if ! corpus_complete; then
-  [[ -f $MAKE_CORPUS ]] || die "corpus missing in $CORPUS and no corpus builder at $MAKE_CORPUS"
-  [[ $IS_ROOT -eq 1 ]] || die "corpus missing in $CORPUS; building it needs root (debootstrap)"
-  command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
-  command -v npm >/dev/null 2>&1 || apt_install npm
-  say "building corpus in $CORPUS (about 1-2 minutes)"
-  python3 "$MAKE_CORPUS" "$CORPUS" || die "corpus build failed"
-  corpus_complete || die "corpus build finished but layers are missing in $CORPUS"
-fi
-
-# ---------------------------------------------------------------- chunkstore
-if [[ -n ${CHUNKSTORE_BIN:-} ]]; then
-  BIN=$CHUNKSTORE_BIN
-else
-  command -v cargo >/dev/null 2>&1 || die "cargo not found (or set CHUNKSTORE_BIN)"
-  say "building chunkstore (cargo build --release)"
-  (cd "$REPO" && cargo build --release) >&2 || die "cargo build --release failed"
-  BIN=$REPO/target/release/chunkstore
-fi
-[[ -x $BIN ]] || die "chunkstore binary not found or not executable: $BIN"
-
-# ---------------------------------------------------------------- scratch
-if [[ -n ${STORE_ROOT:-} ]]; then
-  mkdir -p "$STORE_ROOT"
-  WORK=$(mktemp -d "$STORE_ROOT/scenarios.XXXXXX")
-else
-  WORK=$(mktemp -d /var/tmp/scenarios.XXXXXX)
-fi
+# shellcheck disable=SC2119  # no layers beyond the scenarios
+ensure_corpus
+BIN=$(chunkstore_bin)
+WORK=$(scratch_dir scenarios)
 # shellcheck disable=SC2317  # called by the trap
 cleanup() {
   if [[ $KEEP == 1 ]]; then say "kept scratch dir $WORK"; else rm -rf "$WORK"; fi
