@@ -5,11 +5,10 @@
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ChunkId, FileId, LayerId};
 use crate::index::{self, CHUNKS, FILES, META, PACKS, RECIPES};
-use crate::ingest::{IngestOptions, IngestSummary};
 use crate::pack::{self, ChunkLoc, PackWriter, MAX_CHUNK};
 use crate::recipe::{FileRecipe, RecipeItem, RecipeReader};
 use crate::store::Store;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 
 const BUNDLE_MAGIC: &[u8; 8] = b"CSBUNDL1";
@@ -34,6 +33,11 @@ pub struct VerifiedChunk {
 impl VerifiedChunk {
     /// Check `stored` (zstd or raw, by the pack rule) against `id`.
     pub fn check(id: ChunkId, raw_len: u32, stored: Vec<u8>) -> Result<Self> {
+        Self::check_keep(id, raw_len, stored).map(|(c, _)| c)
+    }
+
+    /// [`VerifiedChunk::check`], also giving back the raw bytes it decoded.
+    pub(crate) fn check_keep(id: ChunkId, raw_len: u32, stored: Vec<u8>) -> Result<(Self, Vec<u8>)> {
         if raw_len == 0 || raw_len > MAX_CHUNK {
             return Err(Error::invalid(format!("chunk {id}: length {raw_len} out of range")));
         }
@@ -41,7 +45,7 @@ impl VerifiedChunk {
         if ChunkId::of(&raw) != id {
             return Err(Error::new(ErrorKind::Corrupt, format!("chunk {id}: received bytes do not match its id")));
         }
-        Ok(VerifiedChunk { id, raw_len, stored })
+        Ok((VerifiedChunk { id, raw_len, stored }, raw))
     }
 
     /// The chunk's id.
@@ -140,7 +144,13 @@ impl RecipeBundle {
 
 /// Read one chunk batch response: `(id [32] | raw_len u32 | stored_len u32 | stored) *`.
 /// Each chunk is verified before it is returned; `expect` lists what was asked.
-pub fn read_chunk_batch(mut r: impl Read, expect: &[ChunkId]) -> Result<Vec<VerifiedChunk>> {
+pub fn read_chunk_batch(r: impl Read, expect: &[ChunkId]) -> Result<Vec<VerifiedChunk>> {
+    Ok(read_chunk_batch_keep(r, expect)?.into_iter().map(|(c, _)| c).collect())
+}
+
+/// [`read_chunk_batch`], also giving back each chunk's raw bytes (a pull
+/// rebuilds its layer from them rather than decompress them again).
+pub(crate) fn read_chunk_batch_keep(mut r: impl Read, expect: &[ChunkId]) -> Result<Vec<(VerifiedChunk, Vec<u8>)>> {
     let mut out = Vec::with_capacity(expect.len());
     let wanted: HashSet<&ChunkId> = expect.iter().collect();
     let rd = |e: io::Error| crate::error::from_io(e, "reading chunk batch");
@@ -156,9 +166,12 @@ pub fn read_chunk_batch(mut r: impl Read, expect: &[ChunkId]) -> Result<Vec<Veri
         if stored_len > MAX_CHUNK + 1024 || raw_len > MAX_CHUNK {
             return Err(Error::invalid(format!("chunk batch: chunk {id} declares {stored_len} bytes")));
         }
-        let mut stored = vec![0u8; stored_len as usize];
-        r.read_exact(&mut stored).map_err(rd)?;
-        out.push(VerifiedChunk::check(id, raw_len, stored)?);
+        let mut stored = Vec::with_capacity(stored_len as usize);
+        (&mut r).take(stored_len as u64).read_to_end(&mut stored).map_err(rd)?;
+        if stored.len() != stored_len as usize {
+            return Err(rd(io::ErrorKind::UnexpectedEof.into()));
+        }
+        out.push(VerifiedChunk::check_keep(id, raw_len, stored)?);
     }
     Ok(out)
 }
@@ -317,93 +330,6 @@ impl Store {
             return Err(e);
         }
         Ok(new.len() as u64)
-    }
-
-    /// Record a layer from a recipe bundle whose chunks this store holds: the
-    /// tar is rebuilt, re-walked and checked against the bundle's diff_id.
-    pub fn commit_bundle(&self, bundle: &RecipeBundle, opts: &IngestOptions) -> Result<IngestSummary> {
-        let needed: Vec<ChunkId> = bundle.chunk_ids()?.into_iter().map(|(c, _)| c).collect();
-        let missing = self.missing_chunks(&needed)?;
-        if !missing.is_empty() {
-            return Err(Error::not_found(format!(
-                "layer {}: {} of its chunks are not here (first: {})",
-                bundle.layer,
-                missing.len(),
-                missing[0]
-            )));
-        }
-        let tx = self.db.begin_read()?;
-        let reader = BundleReader {
-            store: self,
-            chunks: tx.open_table(CHUNKS)?,
-            items: RecipeReader::new(bundle.recipe.clone())?,
-            files: &bundle.files,
-            queue: VecDeque::new(),
-            buf: Vec::new(),
-            pos: 0,
-        };
-        self.ingest(reader, &IngestOptions { expect: Some(bundle.layer), ..opts.clone() })
-    }
-}
-
-/// Rebuilds a layer tar from a bundle and local chunks.
-struct BundleReader<'a> {
-    store: &'a Store,
-    chunks: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
-    items: RecipeReader,
-    files: &'a HashMap<FileId, FileRecipe>,
-    queue: VecDeque<(ChunkId, u32)>,
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-impl BundleReader<'_> {
-    fn refill(&mut self) -> Result<bool> {
-        loop {
-            if let Some((c, len)) = self.queue.pop_front() {
-                let v = self
-                    .chunks
-                    .get(&c.as_bytes()[..])?
-                    .ok_or_else(|| Error::not_found(format!("chunk {c} is not here")))?;
-                let loc = ChunkLoc::decode(v.value())?;
-                if loc.raw_len != len {
-                    return Err(Error::invalid(format!("chunk {c}: bundle says {len} bytes, it has {}", loc.raw_len)));
-                }
-                self.buf = self.store.read_chunk(&loc)?;
-                self.pos = 0;
-                return Ok(true);
-            }
-            match self.items.next_item().map_err(|e| Error::invalid(format!("recipe bundle: {e}")))? {
-                None => return Ok(false),
-                Some(RecipeItem::Raw(b)) => {
-                    self.buf = b;
-                    self.pos = 0;
-                    return Ok(true);
-                }
-                Some(RecipeItem::File { id, size, .. } | RecipeItem::Data { id, size }) => {
-                    let r =
-                        self.files.get(&id).ok_or_else(|| Error::invalid(format!("recipe bundle lacks file {id}")))?;
-                    if r.size != size {
-                        return Err(Error::invalid(format!("recipe bundle: file {id} size disagrees")));
-                    }
-                    self.queue.extend(r.chunks.iter().copied());
-                }
-            }
-        }
-    }
-}
-
-impl Read for BundleReader<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.buf.len() {
-            if !self.refill()? {
-                return Ok(0);
-            }
-        }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
     }
 }
 

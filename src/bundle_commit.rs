@@ -1,0 +1,789 @@
+//! Recording a layer from a recipe bundle whose chunks this store holds (the
+//! end of a pull via chunks, or of a push on the hub), without a full ingest
+//! of the rebuilt tar, and without trusting the bundle for anything:
+//!
+//! - the tar walk (`tarsplit`) runs over the bundle's raw bytes and must find
+//!   a content region exactly where each content item of the layer recipe is,
+//!   with its size (and path), and the raw bytes split as this store's own
+//!   recipes split them; the recipe recorded is written from that walk;
+//! - every content item's bytes are rebuilt from local chunks (decompressed
+//!   ahead, in parallel) and checked: its FileId is their BLAKE3 (a one-chunk
+//!   item's id is its chunk's id, checked when the chunk was stored), and the
+//!   chunk boundaries are the ones this store's FastCDC parameters cut;
+//! - the SHA-256 of the rebuilt stream, on a helper thread, must be the
+//!   layer's id (diff_id).
+//!
+//! Only then is the layer committed, through the same code as an ingest.
+
+use crate::bundle_check::{check_item, forged, RecipeStream};
+use crate::chunker::WINDOW;
+use crate::error::{Error, Result};
+use crate::failpoint;
+use crate::ids::{ChunkId, FileId, LayerId};
+use crate::index::{self, LayerInfo, CHUNKS, FILES};
+use crate::ingest::{IngestOptions, IngestSummary};
+use crate::input::Compression;
+use crate::pack::{self, ChunkLoc};
+use crate::recipe::{FileRecipe, RecipeWriter};
+use crate::store::Store;
+use crate::tarsplit::{ContentKind, TarSplitter};
+use crate::transfer::RecipeBundle;
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{self, Read};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+/// Content bytes rebuilt per parallel step.
+const STEP_BYTES: usize = 4 << 20;
+/// Steps in flight to the SHA-256 thread.
+const STEPS_AHEAD: usize = 3;
+/// Chunks of a streamed (larger than [`WINDOW`]) item decompressed at once.
+const STREAM_AHEAD: usize = 32;
+
+type ChunkTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+/// Chunks a pull is fetching, handed over raw (verified) as they arrive, so
+/// the rebuild runs while the fetch goes on, and never decompresses them.
+pub(crate) struct Arrivals {
+    expected: HashSet<ChunkId>,
+    state: Mutex<Arrived>,
+    cond: Condvar,
+}
+
+/// The chunks arrived so far, and whether the fetch has ended.
+#[derive(Default)]
+struct Arrived {
+    chunks: HashMap<ChunkId, Arc<Vec<u8>>>,
+    closed: bool,
+}
+
+impl Arrivals {
+    /// For the chunks `expected`, which the store does not hold yet.
+    pub fn new(expected: impl IntoIterator<Item = ChunkId>) -> Self {
+        Arrivals { expected: expected.into_iter().collect(), state: Mutex::default(), cond: Condvar::new() }
+    }
+
+    /// Chunks arrived (and verified).
+    pub fn add(&self, chunks: impl IntoIterator<Item = (ChunkId, Vec<u8>)>) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.chunks.extend(chunks.into_iter().map(|(id, raw)| (id, Arc::new(raw))));
+        self.cond.notify_all();
+    }
+
+    /// No more will arrive (the fetch ended or failed).
+    pub fn close(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+        self.cond.notify_all();
+    }
+
+    /// Chunk `id`, once it has arrived; `None` if it is not expected here.
+    fn wait(&self, id: &ChunkId) -> Result<Option<Arc<Vec<u8>>>> {
+        if !self.expected.contains(id) {
+            return Ok(None);
+        }
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(r) = st.chunks.get(id) {
+                return Ok(Some(r.clone()));
+            }
+            if st.closed {
+                return Err(Error::not_found(format!("chunk {id} never arrived")));
+            }
+            st = self.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Bytes of the rebuilt stream, on their way to the SHA-256.
+enum Bytes {
+    Owned(Vec<u8>),
+    Shared(Arc<Vec<u8>>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Owned(b) => b,
+            Bytes::Shared(b) => b,
+        }
+    }
+}
+
+/// One piece of the rebuilt stream, in order.
+enum Seg {
+    /// Header bytes, padding, the tail: as the tar walk read them.
+    Raw(Vec<u8>),
+    /// A content item; `check`: its first sighting, not already recorded
+    /// here with the same chunks. Held whole unless `stream`.
+    Item { id: FileId, check: bool, stream: bool },
+}
+
+/// A bundle checked against the layer it rebuilds, ready to record.
+pub(crate) struct Verified {
+    info: LayerInfo,
+    contents: Vec<FileId>,
+    recipe: Vec<u8>,
+    /// The file recipes the index lacked when the walk looked.
+    new_files: HashMap<FileId, FileRecipe>,
+    started: Instant,
+}
+
+/// Where a rebuild finds chunks: arriving ones, else the index and packs.
+struct Source<'a> {
+    store: &'a Store,
+    chunks: ChunkTable,
+    arrivals: Option<&'a Arrivals>,
+}
+
+impl Store {
+    /// Record a layer from a recipe bundle whose chunks this store holds. The
+    /// tar is rebuilt and walked, every content item and the diff_id are
+    /// checked (see the module docs); nothing is recorded unless all agree.
+    pub fn commit_bundle(&self, bundle: &RecipeBundle, opts: &IngestOptions) -> Result<IngestSummary> {
+        let v = self.verify_bundle(bundle, opts, None)?;
+        self.record_verified(v)
+    }
+
+    /// Record a verified bundle.
+    pub(crate) fn record_verified(&self, v: Verified) -> Result<IngestSummary> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_writable()?;
+        let Verified { info, contents, recipe, mut new_files, started } = v;
+        {
+            // Another writer may have recorded some of them since the walk looked.
+            let tx = self.db.begin_read()?;
+            let files = tx.open_table(FILES)?;
+            let mut held = Vec::new();
+            for id in new_files.keys() {
+                if files.get(&id.as_bytes()[..])?.is_some() {
+                    held.push(*id);
+                }
+            }
+            held.iter().for_each(|id| drop(new_files.remove(id)));
+        }
+        failpoint::hit("before-commit");
+        let summary = self.commit_walked(info, contents, recipe, new_files, started)?;
+        failpoint::hit("after-commit");
+        Ok(summary)
+    }
+
+    /// Rebuild and check the layer of a bundle (see the module docs); its
+    /// chunks are in this store or, when given, among `arrivals`.
+    pub(crate) fn verify_bundle(
+        &self,
+        bundle: &RecipeBundle,
+        opts: &IngestOptions,
+        arrivals: Option<&Arrivals>,
+    ) -> Result<Verified> {
+        let started = Instant::now();
+        self.check_writable()?;
+        let tx = self.db.begin_read()?;
+        let src = Source { store: self, chunks: tx.open_table(CHUNKS)?, arrivals };
+        let files = tx.open_table(FILES)?;
+        // Three stages: the tar walk (this thread), the rebuild and checks of
+        // content (a thread driving rayon), the SHA-256 of the stream.
+        let (step_tx, step_rx) = crossbeam_channel::bounded::<Vec<Seg>>(STEPS_AHEAD);
+        let (sha_tx, sha_rx) = crossbeam_channel::bounded::<Vec<Bytes>>(STEPS_AHEAD);
+        let spawn_err = |e| Error::io("spawning a rebuild thread", e);
+        let (walked, built, digest) = std::thread::scope(|s| {
+            let sha = std::thread::Builder::new().name("chunkstore-sha256".into()).spawn_scoped(s, move || {
+                let mut h = Sha256::new();
+                for step in sha_rx {
+                    for b in step {
+                        h.update(&*b);
+                    }
+                }
+                <[u8; 32]>::from(h.finalize())
+            });
+            let sha = match sha {
+                Ok(h) => h,
+                Err(e) => return (Err(spawn_err(e)), Ok(()), [0; 32]),
+            };
+            let src = &src;
+            let rebuild = std::thread::Builder::new().name("chunkstore-rebuild".into()).spawn_scoped(s, move || {
+                for step in step_rx {
+                    src.rebuild_step(bundle, step, opts, &sha_tx)?;
+                }
+                Ok(())
+            });
+            let (walked, built) = match rebuild {
+                Ok(h) => {
+                    let walked = self.walk_bundle(bundle, &files, started, |step| {
+                        step_tx.send(step).map_err(|_| Error::io("rebuilding", io::Error::other("the rebuild stopped")))
+                    });
+                    drop(step_tx);
+                    (walked, h.join().unwrap_or_else(|_| Err(Error::io("rebuild", io::Error::other("panicked")))))
+                }
+                Err(e) => (Err(spawn_err(e)), Ok(())),
+            };
+            (walked, built, sha.join().expect("the hashing thread does not panic"))
+        });
+        // The rebuild's error first: the walk then only sees "the rebuild stopped".
+        built?;
+        let walked = walked?;
+        let got = LayerId::from_bytes(digest);
+        if got != bundle.layer {
+            return Err(Error::corrupt(format!("rebuilt layer is {got}, expected {}", bundle.layer)));
+        }
+        Ok(walked)
+    }
+
+    /// Walk the bundle's tar (see [`RecipeStream`]), check what it names
+    /// against this store, and hand the stream's pieces, in order and in
+    /// steps, to `send`.
+    fn walk_bundle(
+        &self,
+        bundle: &RecipeBundle,
+        files: &ChunkTable,
+        started: Instant,
+        mut send: impl FnMut(Vec<Seg>) -> Result<()>,
+    ) -> Result<Verified> {
+        let mut split = TarSplitter::new(RecipeStream::new(bundle.recipe.clone())?);
+        let mut recipe = RecipeWriter::new()?;
+        let mut raw = Vec::new();
+        let mut step: Vec<Seg> = Vec::new();
+        let mut step_bytes = 0usize;
+        let mut seen: HashSet<FileId> = HashSet::new();
+        let mut new_files = HashMap::new();
+        let mut contents = Vec::new();
+        let (mut files_count, mut file_bytes, mut chunk_refs) = (0u64, 0u64, 0u64);
+        loop {
+            let content = split.next(&mut raw)?;
+            if !raw.is_empty() {
+                recipe.raw(&raw)?;
+                step_bytes += raw.len();
+                step.push(Seg::Raw(std::mem::take(&mut raw)));
+            }
+            let Some(c) = content else { break };
+            let mut found = None;
+            split.skip_content(|s, n| {
+                debug_assert_eq!(n, c.size);
+                found = Some(s.skip(c.kind, c.size, &c.path)?);
+                Ok(())
+            })?;
+            let id = found.expect("set by skip_content");
+            let r = bundle.files.get(&id).ok_or_else(|| forged(format!("it lacks the recipe of file {id}")))?;
+            if r.size != c.size {
+                return Err(forged(format!("file {id} is {} bytes in the layer, {} in its recipe", c.size, r.size)));
+            }
+            match c.kind {
+                ContentKind::File => {
+                    files_count += 1;
+                    file_bytes += c.size;
+                    recipe.file(&id, c.size, &c.path)?;
+                }
+                ContentKind::Data => recipe.data(&id, c.size)?,
+            }
+            chunk_refs += r.chunks.len() as u64;
+            contents.push(id);
+            let mut check = false;
+            if seen.insert(id) {
+                match files.get(&id.as_bytes()[..])? {
+                    Some(v) if index::decode_file(v.value())?.1 == *r => {}
+                    Some(_) => return Err(forged(format!("file {id} is made of other chunks here"))),
+                    None => {
+                        check = true;
+                        new_files.insert(id, r.clone());
+                    }
+                }
+            }
+            let stream = c.size > WINDOW as u64;
+            if stream && !step.is_empty() {
+                send(std::mem::take(&mut step))?;
+                step_bytes = 0;
+            }
+            step.push(Seg::Item { id, check, stream });
+            step_bytes += c.size as usize;
+            if stream || step_bytes >= STEP_BYTES {
+                send(std::mem::take(&mut step))?;
+                step_bytes = 0;
+            }
+        }
+        if !step.is_empty() {
+            send(step)?;
+        }
+        split.get_mut().finish()?;
+        Ok(Verified {
+            started,
+            info: LayerInfo {
+                id: bundle.layer,
+                blob: None,
+                compression: Compression::None,
+                tar_size: split.position(),
+                entries: split.entries(),
+                files: files_count,
+                file_bytes,
+                chunks: chunk_refs,
+                ingested_at: 0,
+            },
+            contents,
+            recipe: recipe.finish()?,
+            new_files,
+        })
+    }
+}
+
+impl Source<'_> {
+    /// Rebuild one step's pieces (in parallel), check them, and send them on in order.
+    fn rebuild_step(
+        &self,
+        bundle: &RecipeBundle,
+        step: Vec<Seg>,
+        opts: &IngestOptions,
+        sha: &crossbeam_channel::Sender<Vec<Bytes>>,
+    ) -> Result<()> {
+        let mut send = |b: Vec<Bytes>| {
+            if let Some(p) = &opts.progress {
+                p.fetch_add(b.iter().map(|b| b.len() as u64).sum(), Ordering::Relaxed);
+            }
+            sha.send(b).map_err(|_| Error::io("hashing", io::Error::other("the hashing thread stopped")))
+        };
+        if let [Seg::Item { id, check, stream: true }] = &step[..] {
+            return self.stream_item(id, &bundle.files[id], *check, &mut send);
+        }
+        let built = step
+            .into_par_iter()
+            .map(|seg| match seg {
+                Seg::Raw(b) => Ok(Bytes::Owned(b)),
+                Seg::Item { id, check, .. } => self.rebuild_item(&id, &bundle.files[&id], check),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        send(built)
+    }
+
+    /// Chunk `id` of `len` raw bytes, if it is (or will be) among the arrivals.
+    fn arrived(&self, id: &ChunkId, len: u32) -> Result<Option<Arc<Vec<u8>>>> {
+        let Some(r) = self.arrivals.map(|a| a.wait(id)).transpose()?.flatten() else { return Ok(None) };
+        if r.len() != len as usize {
+            return Err(forged(format!("chunk {id} is {} bytes, the bundle says {len}", r.len())));
+        }
+        Ok(Some(r))
+    }
+
+    /// Append chunk `id` of `len` raw bytes to `out`.
+    fn chunk_into(&self, id: &ChunkId, len: u32, out: &mut Vec<u8>) -> Result<()> {
+        if let Some(r) = self.arrived(id, len)? {
+            out.extend_from_slice(&r);
+            return Ok(());
+        }
+        let v =
+            self.chunks.get(&id.as_bytes()[..])?.ok_or_else(|| Error::not_found(format!("chunk {id} is not here")))?;
+        let loc = ChunkLoc::decode(v.value())?;
+        if loc.raw_len != len {
+            return Err(forged(format!("chunk {id} is {} bytes, the bundle says {len}", loc.raw_len)));
+        }
+        let stored = self.store.backend.read_pack(loc.pack, loc.offset, loc.stored_len as usize)?;
+        pack::decode_chunk_into(&stored, loc.raw_len, out)
+    }
+
+    /// Chunk `id` of `len` raw bytes.
+    fn chunk(&self, id: &ChunkId, len: u32) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.chunk_into(id, len, &mut out)?;
+        Ok(out)
+    }
+
+    /// A content item's bytes from local chunks; with `check`, verified
+    /// against its id and this store's chunk boundaries.
+    fn rebuild_item(&self, id: &FileId, r: &FileRecipe, check: bool) -> Result<Bytes> {
+        if let [(c, len)] = &r.chunks[..] {
+            // One chunk: its bytes as they are, no copy.
+            if let Some(raw) = self.arrived(c, *len)? {
+                if check {
+                    check_item(self.store.params, id, r, &raw)?;
+                }
+                return Ok(Bytes::Shared(raw));
+            }
+        }
+        let mut data = Vec::with_capacity(r.size as usize);
+        let local = match self.arrivals {
+            Some(a) => r.chunks.iter().filter(|(c, _)| !a.expected.contains(c)).count(),
+            None => r.chunks.len(),
+        };
+        if local < 4 {
+            for (c, len) in &r.chunks {
+                self.chunk_into(c, *len, &mut data)?;
+            }
+        } else {
+            // Several to decompress: in parallel, then in order.
+            let parts = r.chunks.par_iter().map(|(c, len)| self.chunk(c, *len)).collect::<Result<Vec<_>>>()?;
+            parts.iter().for_each(|p| data.extend_from_slice(p));
+        }
+        if check {
+            check_item(self.store.params, id, r, &data)?;
+        }
+        Ok(Bytes::Owned(data))
+    }
+
+    /// A content item too large to hold whole: its chunks in order, through
+    /// the same streaming cutter as an ingest, each handed to `send`.
+    fn stream_item(
+        &self,
+        id: &FileId,
+        r: &FileRecipe,
+        check: bool,
+        send: &mut dyn FnMut(Vec<Bytes>) -> Result<()>,
+    ) -> Result<()> {
+        let reader =
+            ItemReader { src: self, list: &r.chunks, next: 0, ready: VecDeque::new(), cur: Vec::new(), pos: 0 };
+        if !check {
+            let mut reader = reader;
+            while let Some(b) = reader.next_chunk()? {
+                send(vec![Bytes::Owned(b)])?;
+            }
+            return Ok(());
+        }
+        let mut hasher = blake3::Hasher::new();
+        let mut cut = 0usize;
+        crate::chunker::Chunker::new(self.store.params).chunk(reader, r.size, |b| {
+            if r.chunks.get(cut).map(|c| c.1 as usize) != Some(b.len()) {
+                return Err(forged(format!("file {id}: its chunks are not cut where this store cuts")));
+            }
+            cut += 1;
+            hasher.update_rayon(&b);
+            send(vec![Bytes::Owned(b)])
+        })?;
+        if cut != r.chunks.len() {
+            return Err(forged(format!("file {id}: its chunks are not cut where this store cuts")));
+        }
+        if FileId::from_bytes(*hasher.finalize().as_bytes()) != *id {
+            return Err(Error::corrupt(format!("file {id}: the bytes rebuilt do not match its id")));
+        }
+        Ok(())
+    }
+}
+
+/// Reads a content item's bytes from local chunks, decompressing a few ahead in parallel.
+struct ItemReader<'a> {
+    src: &'a Source<'a>,
+    list: &'a [(ChunkId, u32)],
+    next: usize,
+    ready: VecDeque<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl ItemReader<'_> {
+    /// The next chunk whole (only before any `read`).
+    fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
+        if self.ready.is_empty() && self.next < self.list.len() {
+            let end = (self.next + STREAM_AHEAD).min(self.list.len());
+            let got = self.list[self.next..end]
+                .par_iter()
+                .map(|(c, len)| self.src.chunk(c, *len))
+                .collect::<Result<Vec<_>>>()?;
+            self.ready.extend(got);
+            self.next = end;
+        }
+        Ok(self.ready.pop_front())
+    }
+}
+
+impl Read for ItemReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.next_chunk()? {
+                Some(b) => (self.cur, self.pos) = (b, 0),
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::{RecipeItem, RecipeReader};
+    use crate::ErrorKind;
+
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// A hub holding a layer, and an empty edge holding all its chunks.
+    struct Setup {
+        _dir: tempfile::TempDir,
+        hub: Store,
+        edge: Store,
+        tar: Vec<u8>,
+        bundle: RecipeBundle,
+    }
+
+    fn setup(files: &[(&str, &[u8])]) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = Store::open(dir.path().join("hub")).unwrap();
+        let edge = Store::open(dir.path().join("edge")).unwrap();
+        let tar = tar_of(files);
+        let id = hub.ingest(&tar[..], &IngestOptions::default()).unwrap().layer.id;
+        let bundle = hub.recipe_bundle(&id).unwrap();
+        let want: Vec<ChunkId> = bundle.chunk_ids().unwrap().into_iter().map(|(c, _)| c).collect();
+        let mut batch = Vec::new();
+        hub.write_chunk_batch(&want, &mut batch).unwrap();
+        edge.put_chunks(&crate::read_chunk_batch(&batch[..], &want).unwrap()).unwrap();
+        Setup { _dir: dir, hub, edge, tar, bundle }
+    }
+
+    fn layer_files() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        // Several chunks; one chunk above the minimum size; one below it.
+        (noise(600_000, 1), noise(40_000, 2), b"small".to_vec())
+    }
+
+    /// Nothing of the layer was recorded.
+    fn nothing_recorded(edge: &Store) {
+        assert!(edge.layers().unwrap().is_empty());
+        assert_eq!(edge.stats().unwrap().files, 0, "no file recipes");
+    }
+
+    fn refused(s: &Setup, bundle: &RecipeBundle, what: &str) -> Error {
+        let e = s.edge.commit_bundle(bundle, &IngestOptions::default()).expect_err(what);
+        nothing_recorded(&s.edge);
+        e
+    }
+
+    /// The recipe's items, rewritten by `f` (which may drop, change or add items).
+    fn rewrite(recipe: &[u8], mut f: impl FnMut(RecipeItem, &mut RecipeWriter)) -> Vec<u8> {
+        let mut w = RecipeWriter::new().unwrap();
+        for item in RecipeReader::new(recipe.to_vec()).unwrap() {
+            f(item.unwrap(), &mut w);
+        }
+        w.finish().unwrap()
+    }
+
+    fn put(w: &mut RecipeWriter, item: RecipeItem) {
+        match item {
+            RecipeItem::Raw(b) => w.raw(&b).unwrap(),
+            RecipeItem::File { id, size, path } => w.file(&id, size, &path).unwrap(),
+            RecipeItem::Data { id, size } => w.data(&id, size).unwrap(),
+        }
+    }
+
+    /// Store `parts` (raw) on the edge as chunks.
+    fn put_raw_chunks(edge: &Store, parts: &[&[u8]]) -> Vec<(ChunkId, u32)> {
+        let chunks: Vec<_> = parts
+            .iter()
+            .map(|p| crate::VerifiedChunk::check(ChunkId::of(p), p.len() as u32, p.to_vec()).unwrap())
+            .collect();
+        edge.put_chunks(&chunks).unwrap();
+        parts.iter().map(|p| (ChunkId::of(p), p.len() as u32)).collect()
+    }
+
+    #[test]
+    fn a_true_bundle_commits_as_an_ingest_would() {
+        let (big, mid, small) = layer_files();
+        let s = setup(&[("big", &big), ("mid", &mid), ("empty", b""), ("small", &small), ("big-again", &big)]);
+        assert_eq!(s.bundle.files[&FileId::of(&mid)].chunks.len(), 1);
+        assert!(s.bundle.files[&FileId::of(&big)].chunks.len() > 2);
+        let got = s.edge.commit_bundle(&s.bundle, &IngestOptions::default()).unwrap();
+        let want = s.hub.layer(&s.bundle.layer).unwrap().unwrap();
+        assert_eq!(got.layer.id, s.bundle.layer);
+        assert_eq!(
+            (got.layer.tar_size, got.layer.entries, got.layer.files, got.layer.file_bytes, got.layer.chunks),
+            (want.tar_size, want.entries, want.files, want.file_bytes, want.chunks)
+        );
+        assert_eq!(got.new_files, 4);
+        let mut back = Vec::new();
+        s.edge.export(&s.bundle.layer, &mut back).unwrap();
+        assert!(back == s.tar, "the layer rebuilds exactly");
+        // The same recipe bytes as the hub's own ingest wrote.
+        assert_eq!(s.edge.recipe_bundle(&s.bundle.layer).unwrap().recipe, s.bundle.recipe);
+        assert!(s.edge.verify(crate::VerifyOptions { full: true }).unwrap().is_clean());
+        // Again: already present, nothing new.
+        let again = s.edge.commit_bundle(&s.bundle, &IngestOptions::default()).unwrap();
+        assert!(again.already_present);
+        assert_eq!(again.new_files, 0);
+    }
+
+    #[test]
+    fn a_wrong_diff_id_is_refused() {
+        let (big, mid, small) = layer_files();
+        let s = setup(&[("big", &big), ("mid", &mid), ("small", &small)]);
+        let mut b = s.bundle.clone();
+        b.layer = LayerId::from_bytes([7; 32]);
+        let e = refused(&s, &b, "wrong diff_id");
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+        assert!(e.to_string().contains("rebuilt layer is"), "{e}");
+    }
+
+    #[test]
+    fn recipes_that_do_not_match_the_tar_walk_are_refused() {
+        let (big, mid, small) = layer_files();
+        let s = setup(&[("big", &big), ("mid", &mid), ("small", &small)]);
+        let forge = |f: &mut dyn FnMut(RecipeItem, &mut RecipeWriter)| {
+            let mut b = s.bundle.clone();
+            b.recipe = rewrite(&s.bundle.recipe, f);
+            b
+        };
+        // A path other than the header's.
+        let b = forge(&mut |item, w| match item {
+            RecipeItem::File { id, size, path } if path == b"mid" => w.file(&id, size, b"elsewhere").unwrap(),
+            i => put(w, i),
+        });
+        assert!(refused(&s, &b, "path").to_string().contains("not the one the tar walk finds"));
+        // A file's content described as non-file data.
+        let b = forge(&mut |item, w| match item {
+            RecipeItem::File { id, size, path } if path == b"small" => w.data(&id, size).unwrap(),
+            i => put(w, i),
+        });
+        refused(&s, &b, "kind");
+        // Raw bytes split where an ingest would not split them.
+        let b = forge(&mut |item, w| match item {
+            RecipeItem::Raw(r) if r.len() > 512 => {
+                w.raw(&r[..512]).unwrap();
+                w.raw(&r[512..]).unwrap();
+            }
+            i => put(w, i),
+        });
+        assert!(refused(&s, &b, "raw split").to_string().contains("not split"));
+        // A content item where the tar has header bytes: the first header
+        // block moved into a content item of the same bytes.
+        let first = FileId::of(&s.tar[..512]);
+        let mut b = forge(&mut |item, w| match item {
+            RecipeItem::Raw(r) if r.len() >= 512 && r[..512] == s.tar[..512] => {
+                w.data(&first, 512).unwrap();
+                if r.len() > 512 {
+                    w.raw(&r[512..]).unwrap();
+                }
+            }
+            i => put(w, i),
+        });
+        b.files.insert(first, FileRecipe { size: 512, chunks: put_raw_chunks(&s.edge, &[&s.tar[..512]]) });
+        refused(&s, &b, "content in the headers");
+        // A recipe that goes on after the tar ends.
+        let b = forge(&mut |item, w| put(w, item));
+        let mut longer = b.clone();
+        longer.recipe = {
+            let mut w = RecipeWriter::new().unwrap();
+            for item in RecipeReader::new(b.recipe.clone()).unwrap() {
+                put(&mut w, item.unwrap());
+            }
+            w.file(&FileId::of(&small), small.len() as u64, b"extra").unwrap();
+            w.finish().unwrap()
+        };
+        refused(&s, &longer, "trailing item");
+        // A file recipe of another size than the item.
+        let mut b = s.bundle.clone();
+        let mid_id = FileId::of(&mid);
+        b.files.get_mut(&mid_id).unwrap().size += 1;
+        refused(&s, &b, "size");
+        // And the true bundle still commits.
+        s.edge.commit_bundle(&s.bundle, &IngestOptions::default()).unwrap();
+    }
+
+    #[test]
+    fn file_ids_that_are_not_the_hash_of_their_bytes_are_refused() {
+        let (big, mid, small) = layer_files();
+        for victim in [&big, &mid] {
+            let s = setup(&[("big", &big), ("mid", &mid), ("small", &small)]);
+            // The same bytes (so the same diff_id) under another id.
+            let real = FileId::of(victim);
+            let fake = FileId::of(b"not these bytes");
+            let mut b = s.bundle.clone();
+            let r = b.files.remove(&real).unwrap();
+            b.files.insert(fake, r);
+            b.recipe = rewrite(&s.bundle.recipe, |item, w| match item {
+                RecipeItem::File { id, size, path } if id == real => w.file(&fake, size, &path).unwrap(),
+                i => put(w, i),
+            });
+            let e = refused(&s, &b, "fake file id");
+            assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+            assert!(e.to_string().contains("do not match its id"), "{e}");
+        }
+    }
+
+    #[test]
+    fn chunk_cuts_other_than_fastcdcs_are_refused() {
+        let (big, mid, small) = layer_files();
+        let s = setup(&[("big", &big), ("mid", &mid), ("small", &small)]);
+        let p = s.edge.params;
+        // `big` as two halves; `mid` (one chunk) as two; `big`'s first two chunks merged.
+        let cuts = crate::chunker::Chunker::new(p).cuts(&big);
+        assert!(cuts.len() >= 3 && cuts[0].1 + cuts[1].1 <= p.max as usize, "{cuts:?}");
+        let merged = cuts[0].1 + cuts[1].1;
+        let forgeries: Vec<(&Vec<u8>, Vec<&[u8]>)> = vec![
+            (&big, vec![&big[..300_000], &big[300_000..]]),
+            (&mid, vec![&mid[..20_000], &mid[20_000..]]),
+            (&big, vec![&big[..merged], &big[merged..merged + cuts[2].1], &big[merged + cuts[2].1..]]),
+        ];
+        for (data, parts) in forgeries {
+            let mut b = s.bundle.clone();
+            let chunks = put_raw_chunks(&s.edge, &parts);
+            b.files.insert(FileId::of(data), FileRecipe { size: data.len() as u64, chunks });
+            let e = refused(&s, &b, "other cuts");
+            assert!(e.to_string().contains("not cut where this store cuts"), "{e}");
+        }
+        s.edge.commit_bundle(&s.bundle, &IngestOptions::default()).unwrap();
+    }
+
+    #[test]
+    fn files_larger_than_the_window_stream_and_are_checked() {
+        let huge = noise(WINDOW + 300_000, 9);
+        let s = setup(&[("small", b"x"), ("huge", &huge)]);
+        // Cut otherwise: its first chunk split in two.
+        let id = FileId::of(&huge);
+        let r = s.bundle.files[&id].clone();
+        let first = r.chunks[0].1 as usize;
+        let mut chunks = put_raw_chunks(&s.edge, &[&huge[..first / 2], &huge[first / 2..first]]);
+        chunks.extend_from_slice(&r.chunks[1..]);
+        let mut b = s.bundle.clone();
+        b.files.insert(id, FileRecipe { size: r.size, chunks });
+        refused(&s, &b, "streamed other cuts");
+        // Under another id.
+        let fake = FileId::of(b"fake");
+        let mut b = s.bundle.clone();
+        b.files.insert(fake, r.clone());
+        b.recipe = rewrite(&s.bundle.recipe, |item, w| match item {
+            RecipeItem::File { id: i, size, path } if i == id => w.file(&fake, size, &path).unwrap(),
+            i => put(w, i),
+        });
+        refused(&s, &b, "streamed fake id");
+        s.edge.commit_bundle(&s.bundle, &IngestOptions::default()).unwrap();
+        let mut back = Vec::new();
+        s.edge.export(&s.bundle.layer, &mut back).unwrap();
+        assert!(back == s.tar);
+    }
+
+    #[test]
+    fn a_held_file_under_other_chunks_is_refused() {
+        let (big, mid, small) = layer_files();
+        let s = setup(&[("big", &big), ("mid", &mid), ("small", &small)]);
+        // The edge already holds `big` (another layer with it).
+        let other = tar_of(&[("big", &big)]);
+        let other_id = s.edge.ingest(&other[..], &IngestOptions::default()).unwrap().layer.id;
+        let mut b = s.bundle.clone();
+        let chunks = put_raw_chunks(&s.edge, &[&big[..300_000], &big[300_000..]]);
+        b.files.insert(FileId::of(&big), FileRecipe { size: big.len() as u64, chunks });
+        let e = s.edge.commit_bundle(&b, &IngestOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("other chunks"), "{e}");
+        assert_eq!(s.edge.layers().unwrap().iter().map(|l| l.id).collect::<Vec<_>>(), vec![other_id]);
+        let got = s.edge.commit_bundle(&s.bundle, &IngestOptions::default()).unwrap();
+        assert_eq!(got.new_files, 2, "mid and small; big was held");
+    }
+}
