@@ -47,29 +47,38 @@ type ChunkTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
 
 /// Chunks a pull is fetching, handed over raw (verified) as they arrive, so
 /// the rebuild runs while the fetch goes on, and never decompresses them.
+/// Each is let go once the rebuild has read it as many times as the layer
+/// uses it (memory is then reused, not grown by the whole layer).
 pub(crate) struct Arrivals {
     expected: HashSet<ChunkId>,
     state: Mutex<Arrived>,
     cond: Condvar,
 }
 
-/// The chunks arrived so far, and whether the fetch has ended.
+/// The chunks arrived and not yet used up, and whether the fetch has ended.
 #[derive(Default)]
 struct Arrived {
-    chunks: HashMap<ChunkId, Arc<Vec<u8>>>,
+    chunks: HashMap<ChunkId, (Arc<Vec<u8>>, u32)>,
+    uses: HashMap<ChunkId, u32>,
     closed: bool,
 }
 
 impl Arrivals {
-    /// For the chunks `expected`, which the store does not hold yet.
-    pub fn new(expected: impl IntoIterator<Item = ChunkId>) -> Self {
-        Arrivals { expected: expected.into_iter().collect(), state: Mutex::default(), cond: Condvar::new() }
+    /// For chunks the store does not hold yet, each with the number of times
+    /// the rebuild reads it.
+    pub fn new(uses: HashMap<ChunkId, u32>) -> Self {
+        let expected = uses.keys().copied().collect();
+        Arrivals { expected, state: Mutex::new(Arrived { uses, ..Arrived::default() }), cond: Condvar::new() }
     }
 
     /// Chunks arrived (and verified).
     pub fn add(&self, chunks: impl IntoIterator<Item = (ChunkId, Vec<u8>)>) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.chunks.extend(chunks.into_iter().map(|(id, raw)| (id, Arc::new(raw))));
+        for (id, raw) in chunks {
+            if let Some(n) = st.uses.remove(&id) {
+                st.chunks.insert(id, (Arc::new(raw), n));
+            }
+        }
         self.cond.notify_all();
     }
 
@@ -86,11 +95,16 @@ impl Arrivals {
         }
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(r) = st.chunks.get(id) {
-                return Ok(Some(r.clone()));
+            if let Some((r, left)) = st.chunks.get_mut(id) {
+                *left = left.saturating_sub(1);
+                let r = r.clone();
+                if *left == 0 {
+                    st.chunks.remove(id);
+                }
+                return Ok(Some(r));
             }
             if st.closed {
-                return Err(Error::not_found(format!("chunk {id} never arrived")));
+                return Err(Error::not_found(format!("chunk {id} did not arrive, or was read more often than used")));
             }
             st = self.cond.wait(st).unwrap_or_else(|p| p.into_inner());
         }
@@ -619,6 +633,23 @@ mod tests {
         let again = s.edge.commit_bundle(&s.bundle, &IngestOptions::default()).unwrap();
         assert!(again.already_present);
         assert_eq!(again.new_files, 0);
+    }
+
+    #[test]
+    fn arrivals_wait_hand_over_and_let_go() {
+        let (a, b) = (ChunkId::of(b"a"), ChunkId::of(b"b"));
+        let arrivals = Arrivals::new(HashMap::from([(a, 2), (b, 1)]));
+        assert!(arrivals.wait(&ChunkId::of(b"not expected")).unwrap().is_none());
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| arrivals.wait(&a).unwrap().unwrap());
+            arrivals.add([(a, b"a".to_vec())]);
+            assert_eq!(*waiter.join().unwrap(), b"a");
+        });
+        assert_eq!(*arrivals.wait(&a).unwrap().unwrap(), b"a");
+        assert!(arrivals.state.lock().unwrap().chunks.is_empty(), "used up: let go");
+        arrivals.close();
+        assert!(arrivals.wait(&a).is_err(), "read more often than used");
+        assert!(arrivals.wait(&b).is_err(), "never arrived: an error, not a hang");
     }
 
     #[test]

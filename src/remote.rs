@@ -8,7 +8,7 @@ use crate::ids::{ChunkId, ClientId, LayerId};
 use crate::index::LayerInfo;
 use crate::ingest::{IngestOptions, IngestSummary};
 use crate::store::Store;
-use crate::transfer::{self, RecipeBundle, MAX_BATCH};
+use crate::transfer::{self, ChunkSink, RecipeBundle, MAX_BATCH};
 use std::collections::{HashSet, VecDeque};
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -155,7 +155,15 @@ impl Remote {
         let mut attempt = 1;
         loop {
             let r = self.send(&what, || self.http.post(self.url("/chunks/fetch")).body(body.clone()))?;
-            let result = self.bytes(&what, r, wire).and_then(|b| transfer::read_chunk_batch_keep(&b[..], ids));
+            // Parsed and verified as it streams in, not gathered first.
+            let mut body =
+                std::io::BufReader::with_capacity(256 << 10, CountingRead { inner: r, wire, progress: None });
+            let result = transfer::read_chunk_batch_keep(&mut body, ids).and_then(|chunks| {
+                // The whole response read, so the connection is reused.
+                std::io::copy(&mut body, &mut std::io::sink())
+                    .map_err(|e| crate::error::from_io(e, format!("{what}: reading the response")))?;
+                Ok(chunks)
+            });
             match result {
                 Err(e) if transient(&e) && attempt < self.attempts => attempt += 1,
                 r => return r,
@@ -431,7 +439,7 @@ impl Store {
         if bundle.layer != *layer {
             return Err(Error::invalid(format!("the hub sent the recipe of {} for {layer}", bundle.layer)));
         }
-        let needed = bundle.chunk_ids()?;
+        let (needed, mut uses) = bundle.chunk_uses()?;
         let ids: Vec<ChunkId> = needed.iter().map(|(c, _)| *c).collect();
         let missing = self.missing_chunks(&ids)?;
         let n = missing.len() as u64;
@@ -441,7 +449,8 @@ impl Store {
         let missing_set: HashSet<&ChunkId> = missing.iter().collect();
         let raw_bytes: u64 = needed.iter().filter(|(c, _)| missing_set.contains(c)).map(|(_, l)| *l as u64).sum();
         let overlap = raw_bytes <= RAW_KEEP_BYTES;
-        let arrivals = Arrivals::new(if overlap { missing.clone() } else { Vec::new() });
+        uses.retain(|c, _| overlap && missing_set.contains(c));
+        let arrivals = Arrivals::new(uses);
         let batches: Vec<Vec<ChunkId>> =
             missing.chunks(opts.batch.clamp(1, MAX_BATCH)).map(<[ChunkId]>::to_vec).collect();
         // Fetchers hand verified chunks to one writer, which stores them in
@@ -450,17 +459,18 @@ impl Store {
         let (tx, rx) = crossbeam_channel::bounded::<Vec<transfer::VerifiedChunk>>(opts.concurrency.max(1) * 2);
         let verified = std::thread::scope(|s| {
             let writer = s.spawn(move || -> Result<()> {
-                let mut group = Vec::new();
-                let mut bytes = 0usize;
+                // Each chunk goes to the staged pack as it comes; a group is
+                // sealed (durable, indexed) every store_group_bytes.
+                let mut sink = ChunkSink::new(self);
                 for chunks in rx {
-                    bytes += chunks.iter().map(|c| c.stored_len()).sum::<usize>();
-                    group.extend(chunks);
-                    if bytes >= opts.store_group_bytes {
-                        self.put_chunks(&std::mem::take(&mut group))?;
-                        bytes = 0;
+                    for c in &chunks {
+                        sink.push(c)?;
+                    }
+                    if sink.pending_bytes() >= opts.store_group_bytes {
+                        sink.seal()?;
                     }
                 }
-                self.put_chunks(&group).map(|_| ())
+                sink.seal().map(|_| ())
             });
             let checker = overlap.then(|| {
                 let (bundle, arrivals) = (&bundle, &arrivals);

@@ -8,6 +8,7 @@ use crate::index::{self, CHUNKS, FILES, META, PACKS, RECIPES};
 use crate::pack::{self, ChunkLoc, PackWriter, MAX_CHUNK};
 use crate::recipe::{FileRecipe, RecipeItem, RecipeReader};
 use crate::store::Store;
+use redb::ReadableTable;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 
@@ -58,6 +59,9 @@ impl VerifiedChunk {
         self.stored.len()
     }
 }
+
+/// How many times a layer's rebuild reads each of its chunks.
+pub(crate) type ChunkUses = HashMap<ChunkId, u32>;
 
 /// A layer's recipe with the recipes of all its files.
 #[derive(Debug, Clone)]
@@ -126,19 +130,26 @@ impl RecipeBundle {
 
     /// Every distinct chunk the layer needs, in first-use order.
     pub fn chunk_ids(&self) -> Result<Vec<(ChunkId, u32)>> {
-        let mut seen = HashSet::new();
+        Ok(self.chunk_uses()?.0)
+    }
+
+    /// [`RecipeBundle::chunk_ids`], and how many times a rebuild of the layer reads each.
+    pub(crate) fn chunk_uses(&self) -> Result<(Vec<(ChunkId, u32)>, ChunkUses)> {
+        let mut uses: HashMap<ChunkId, u32> = HashMap::new();
         let mut out = Vec::new();
         for item in RecipeReader::new(self.recipe.clone())? {
             if let RecipeItem::File { id, .. } | RecipeItem::Data { id, .. } = item? {
                 let r = self.files.get(&id).ok_or_else(|| Error::invalid(format!("recipe bundle lacks file {id}")))?;
                 for (c, len) in &r.chunks {
-                    if seen.insert(*c) {
+                    let n = uses.entry(*c).or_insert(0);
+                    if *n == 0 {
                         out.push((*c, *len));
                     }
+                    *n = n.saturating_add(1);
                 }
             }
         }
-        Ok(out)
+        Ok((out, uses))
     }
 }
 
@@ -293,43 +304,123 @@ impl Store {
         if new.is_empty() {
             return Ok(0);
         }
-        let id = self.allocate_pack();
-        let mut pw = PackWriter::create(&self.staging, id)?;
-        let mut locs = Vec::with_capacity(new.len());
+        let mut pw = PackWriter::create(&self.staging, self.allocate_pack())?;
+        let mut entries = Vec::with_capacity(new.len());
         for c in &new {
-            locs.push(pw.append(&c.id, c.raw_len, &c.stored)?);
+            match pw.append(&c.id, c.raw_len, &c.stored) {
+                Ok(loc) => entries.push((c.id, loc)),
+                Err(e) => {
+                    self.discard_staged(pw);
+                    return Err(e);
+                }
+            }
         }
-        let (path, len, count) = pw.finish()?;
-        let id = self.put_pack_fresh(id, &path).inspect_err(|_| {
+        self.commit_pack(pw, entries)
+    }
+
+    /// Seal a staged pack of new chunks, publish it durably, then index its
+    /// chunks (those still missing; the caller holds the write lock).
+    fn commit_pack(&self, pw: PackWriter, entries: Vec<(ChunkId, ChunkLoc)>) -> Result<u64> {
+        let staged_id = pw.id;
+        let staged = self.staging.join(staged_id.file_name());
+        let (path, len, count) = pw.finish().inspect_err(|_| {
+            let _ = std::fs::remove_file(&staged);
+        })?;
+        let id = self.put_pack_fresh(staged_id, &path).inspect_err(|_| {
             let _ = std::fs::remove_file(&path);
         })?;
         if let Err(e) = self.backend.flush() {
             let _ = self.backend.delete_pack(id);
             return Err(e);
         }
-        locs.iter_mut().for_each(|l| l.pack = id);
-        let result = (|| -> Result<()> {
+        let result = (|| -> Result<u64> {
             let tx = self.db.begin_write()?;
+            let mut added = 0;
             {
                 let mut meta = tx.open_table(META)?;
                 let mut next = index::get_counter(&meta, index::NEXT_CHUNK_KEY)?;
                 let mut t = tx.open_table(CHUNKS)?;
-                for (c, mut loc) in new.iter().zip(locs) {
+                for (c, mut loc) in entries {
+                    if t.get(&c.as_bytes()[..])?.is_some() {
+                        continue; // stored meanwhile by another writer
+                    }
+                    loc.pack = id;
                     loc.num = next;
                     next = next.checked_add(1).ok_or_else(|| Error::new(ErrorKind::Config, "store is full"))?;
-                    t.insert(&c.id.as_bytes()[..], &loc.encode()[..])?;
+                    t.insert(&c.as_bytes()[..], &loc.encode()[..])?;
+                    added += 1;
                 }
                 meta.insert(index::NEXT_CHUNK_KEY, &next.to_le_bytes()[..])?;
                 tx.open_table(PACKS)?.insert(id.0, &index::PackInfo { len, chunks: count }.encode()[..])?;
             }
             tx.commit()?;
-            Ok(())
+            Ok(added)
         })();
-        if let Err(e) = result {
+        if result.is_err() {
             let _ = self.backend.delete_pack(id);
-            return Err(e);
         }
-        Ok(new.len() as u64)
+        result
+    }
+
+    /// Drop an unsealed pack and its staged file.
+    fn discard_staged(&self, pw: PackWriter) {
+        let staged = self.staging.join(pw.id.file_name());
+        drop(pw);
+        let _ = std::fs::remove_file(staged);
+    }
+}
+
+/// Stores verified chunks as they come: each is appended to a staged pack at
+/// once (so its buffer is freed and reused), and [`ChunkSink::seal`] makes
+/// the pack durable and indexes its chunks; an interrupted pull keeps every
+/// sealed pack. An unsealed pack is removed when the sink is dropped.
+pub(crate) struct ChunkSink<'a> {
+    store: &'a Store,
+    pack: Option<PackWriter>,
+    entries: Vec<(ChunkId, ChunkLoc)>,
+    seen: HashSet<ChunkId>,
+    bytes: usize,
+}
+
+impl<'a> ChunkSink<'a> {
+    pub fn new(store: &'a Store) -> Self {
+        ChunkSink { store, pack: None, entries: Vec::new(), seen: HashSet::new(), bytes: 0 }
+    }
+
+    /// Append a chunk (once per id) to the staged pack.
+    pub fn push(&mut self, c: &VerifiedChunk) -> Result<()> {
+        if !self.seen.insert(c.id) {
+            return Ok(());
+        }
+        let pw = match &mut self.pack {
+            Some(pw) => pw,
+            None => self.pack.insert(PackWriter::create(&self.store.staging, self.store.allocate_pack())?),
+        };
+        self.entries.push((c.id, pw.append(&c.id, c.raw_len, &c.stored)?));
+        self.bytes += c.stored.len();
+        Ok(())
+    }
+
+    /// Stored bytes appended since the last seal.
+    pub fn pending_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Make the staged pack durable and index its chunks; returns how many were new.
+    pub fn seal(&mut self) -> Result<u64> {
+        let Some(pw) = self.pack.take() else { return Ok(0) };
+        let entries = std::mem::take(&mut self.entries);
+        self.bytes = 0;
+        let _guard = self.store.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.store.commit_pack(pw, entries)
+    }
+}
+
+impl Drop for ChunkSink<'_> {
+    fn drop(&mut self) {
+        if let Some(pw) = self.pack.take() {
+            self.store.discard_staged(pw);
+        }
     }
 }
 
@@ -351,6 +442,27 @@ mod tests {
         let mut longer = e.clone();
         longer.push(0);
         assert!(RecipeBundle::decode(&longer).is_err());
+    }
+
+    #[test]
+    fn chunk_sink_seals_groups_and_drops_what_it_did_not_seal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let chunk = |b: &[u8]| VerifiedChunk::check(ChunkId::of(b), b.len() as u32, b.to_vec()).unwrap();
+        let (a, b, c) = (chunk(b"aaaa"), chunk(b"bbbb"), chunk(b"cccc"));
+        store.put_chunks(std::slice::from_ref(&a)).unwrap();
+        let mut sink = ChunkSink::new(&store);
+        for x in [&a, &b, &b] {
+            sink.push(x).unwrap();
+        }
+        assert_eq!(sink.pending_bytes(), 8, "each id once");
+        assert_eq!(sink.seal().unwrap(), 1, "a was held already");
+        assert!(store.has_chunk(b.id()).unwrap());
+        sink.push(&c).unwrap();
+        drop(sink);
+        assert!(!store.has_chunk(c.id()).unwrap());
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "the unsealed pack is gone");
+        assert!(store.verify(Default::default()).unwrap().is_clean());
     }
 
     #[test]
