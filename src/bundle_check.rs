@@ -128,6 +128,9 @@ impl RecipeStream {
         if self.pos < self.raw.len() || self.content.is_some() || !self.ended {
             return Err(forged("its recipe goes on after the tar ends"));
         }
+        if !self.items.at_end().map_err(forged)? {
+            return Err(forged("its recipe has bytes after its end marker"));
+        }
         Ok(())
     }
 }

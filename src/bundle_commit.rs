@@ -4,16 +4,19 @@
 //!
 //! - the tar walk (`tarsplit`) runs over the bundle's raw bytes and must find
 //!   a content region exactly where each content item of the layer recipe is,
-//!   with its size (and path), and the raw bytes split as this store's own
-//!   recipes split them; the recipe recorded is written from that walk;
-//! - every content item's bytes are rebuilt from local chunks (decompressed
-//!   ahead, in parallel) and checked: its FileId is their BLAKE3 (a one-chunk
-//!   item's id is its chunk's id, checked when the chunk was stored), and the
-//!   chunk boundaries are the ones this store's FastCDC parameters cut;
+//!   with its kind, size and path, the raw bytes split as this store's own
+//!   recipes split them, and nothing after the end marker: the recipe is
+//!   then the one an ingest of the tar writes, item for item, and is recorded;
+//! - every content item's bytes are rebuilt (from the raw chunks a pull has
+//!   just verified, or from local packs, decompressed in parallel) and each
+//!   new item is checked: its FileId is their BLAKE3 (a one-chunk item's id
+//!   is its chunk's id, checked when the chunk was verified), and its chunks
+//!   are the ones this store's FastCDC parameters cut; a file the index
+//!   holds must have the same chunks;
 //! - the SHA-256 of the rebuilt stream, on a helper thread, must be the
 //!   layer's id (diff_id).
 //!
-//! Only then is the layer committed, through the same code as an ingest.
+//! Only then is the layer recorded, through the same code as an ingest.
 
 use crate::bundle_check::{check_item, forged, RecipeStream};
 use crate::chunker::WINDOW;
@@ -24,7 +27,7 @@ use crate::index::{self, LayerInfo, CHUNKS, FILES};
 use crate::ingest::{IngestOptions, IngestSummary};
 use crate::input::Compression;
 use crate::pack::{self, ChunkLoc};
-use crate::recipe::{FileRecipe, RecipeWriter};
+use crate::recipe::FileRecipe;
 use crate::store::Store;
 use crate::tarsplit::{ContentKind, TarSplitter};
 use crate::transfer::RecipeBundle;
@@ -257,7 +260,6 @@ impl Store {
         mut send: impl FnMut(Vec<Seg>) -> Result<()>,
     ) -> Result<Verified> {
         let mut split = TarSplitter::new(RecipeStream::new(bundle.recipe.clone())?);
-        let mut recipe = RecipeWriter::new()?;
         let mut raw = Vec::new();
         let mut step: Vec<Seg> = Vec::new();
         let mut step_bytes = 0usize;
@@ -268,7 +270,6 @@ impl Store {
         loop {
             let content = split.next(&mut raw)?;
             if !raw.is_empty() {
-                recipe.raw(&raw)?;
                 step_bytes += raw.len();
                 step.push(Seg::Raw(std::mem::take(&mut raw)));
             }
@@ -288,9 +289,8 @@ impl Store {
                 ContentKind::File => {
                     files_count += 1;
                     file_bytes += c.size;
-                    recipe.file(&id, c.size, &c.path)?;
                 }
-                ContentKind::Data => recipe.data(&id, c.size)?,
+                ContentKind::Data => {}
             }
             chunk_refs += r.chunks.len() as u64;
             contents.push(id);
@@ -335,7 +335,8 @@ impl Store {
                 ingested_at: 0,
             },
             contents,
-            recipe: recipe.finish()?,
+            // The walk found exactly the items an ingest writes, and nothing after.
+            recipe: bundle.recipe.clone(),
             new_files,
         })
     }
@@ -515,7 +516,7 @@ impl Read for ItemReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recipe::{RecipeItem, RecipeReader};
+    use crate::recipe::{RecipeItem, RecipeReader, RecipeWriter};
     use crate::ErrorKind;
 
     fn noise(n: usize, seed: u64) -> Vec<u8> {
@@ -719,6 +720,13 @@ mod tests {
             w.finish().unwrap()
         };
         refused(&s, &longer, "trailing item");
+        // Anything after the end marker: another frame, or garbage.
+        let mut b = s.bundle.clone();
+        b.recipe.extend(zstd::encode_all(&b"\x01\x00\x00\x00\x00"[..], 1).unwrap());
+        assert!(refused(&s, &b, "a frame after the end").to_string().contains("after its end marker"));
+        let mut b = s.bundle.clone();
+        b.recipe.extend_from_slice(b"garbage");
+        refused(&s, &b, "garbage after the end");
         // A file recipe of another size than the item.
         let mut b = s.bundle.clone();
         let mid_id = FileId::of(&mid);
