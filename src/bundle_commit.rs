@@ -52,6 +52,7 @@ type ChunkTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
 /// the rebuild runs while the fetch goes on, and never decompresses them.
 /// Each is let go once the rebuild has read it as many times as the layer
 /// uses it (memory is then reused, not grown by the whole layer).
+#[cfg_attr(not(feature = "client"), allow(dead_code))]
 pub(crate) struct Arrivals {
     expected: HashSet<ChunkId>,
     state: Mutex<Arrived>,
@@ -60,12 +61,14 @@ pub(crate) struct Arrivals {
 
 /// The chunks arrived and not yet used up, and whether the fetch has ended.
 #[derive(Default)]
+#[cfg_attr(not(feature = "client"), allow(dead_code))]
 struct Arrived {
     chunks: HashMap<ChunkId, (Arc<Vec<u8>>, u32)>,
     uses: HashMap<ChunkId, u32>,
     closed: bool,
 }
 
+#[cfg_attr(not(feature = "client"), allow(dead_code))]
 impl Arrivals {
     /// For chunks the store does not hold yet, each with the number of times
     /// the rebuild reads it.

@@ -374,6 +374,7 @@ impl Store {
 /// once (so its buffer is freed and reused), and [`ChunkSink::seal`] makes
 /// the pack durable and indexes its chunks; an interrupted pull keeps every
 /// sealed pack. An unsealed pack is removed when the sink is dropped.
+#[cfg_attr(not(feature = "client"), allow(dead_code))]
 pub(crate) struct ChunkSink<'a> {
     store: &'a Store,
     pack: Option<PackWriter>,
@@ -382,6 +383,7 @@ pub(crate) struct ChunkSink<'a> {
     bytes: usize,
 }
 
+#[cfg_attr(not(feature = "client"), allow(dead_code))]
 impl<'a> ChunkSink<'a> {
     pub fn new(store: &'a Store) -> Self {
         ChunkSink { store, pack: None, entries: Vec::new(), seen: HashSet::new(), bytes: 0 }
