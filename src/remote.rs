@@ -227,8 +227,11 @@ fn http_error(what: &str, resp: reqwest::blocking::Response) -> Error {
     Error::new(kind, format!("{what}: hub answered {}: {msg}", status.as_u16()))
 }
 
-/// Raw bytes of fetched chunks a pull keeps in memory for its rebuild, at most.
-const RAW_KEEP_BYTES: u64 = 512 << 20;
+/// A pull checks its layer while the chunks arrive, holding their raw bytes
+/// until the rebuild has used them, only when the missing chunks' raw bytes
+/// are at most this (the most a hub that sends them out of order can make it
+/// hold); else it checks the layer afterwards, from the packs.
+const RAW_KEEP_BYTES: u64 = 256 << 20;
 
 /// Fetched chunks are stored (one pack, one index commit) in groups this big
 /// by default ([`TransferOptions::store_group_bytes`]).
