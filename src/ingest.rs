@@ -615,6 +615,23 @@ impl Store {
         Ok(())
     }
 
+    /// Record a layer whose chunks this store already holds, walked and
+    /// verified elsewhere (a recipe bundle, `bundle_commit`), with the same
+    /// index records and layer object as an ingest. `files` holds the file
+    /// recipes the index lacks; the caller holds the write lock.
+    pub(crate) fn commit_walked(
+        &self,
+        info: LayerInfo,
+        contents: Vec<FileId>,
+        recipe: Vec<u8>,
+        files: HashMap<FileId, FileRecipe>,
+        started: Instant,
+    ) -> Result<IngestSummary> {
+        let input_bytes = info.tar_size;
+        let w = Written { files, ..Written::default() };
+        self.commit(Walked { info, contents, recipe }, &w, input_bytes, started)
+    }
+
     fn commit(&self, walked: Walked, w: &Written, input_bytes: u64, started: Instant) -> Result<IngestSummary> {
         let Walked { mut info, recipe, contents } = walked;
         let tx = self.db.begin_write()?;

@@ -31,6 +31,8 @@
 
 mod apply;
 mod backend;
+mod bundle_check;
+mod bundle_commit;
 mod chunker;
 mod dedup;
 mod delta;

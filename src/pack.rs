@@ -66,8 +66,17 @@ impl ChunkLoc {
 
 /// Turn a chunk's stored bytes back into its raw bytes.
 pub(crate) fn decode_chunk(stored: &[u8], raw_len: u32) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    decode_chunk_into(stored, raw_len, &mut out)?;
+    Ok(out)
+}
+
+/// Append a chunk's raw bytes, decoded from its stored bytes, to `out`. zstd
+/// writes straight into `out`'s spare capacity: no zeroed buffer, no copy.
+pub(crate) fn decode_chunk_into(stored: &[u8], raw_len: u32, out: &mut Vec<u8>) -> Result<()> {
     if stored.len() == raw_len as usize {
-        return Ok(stored.to_vec());
+        out.extend_from_slice(stored);
+        return Ok(());
     }
     if raw_len > MAX_CHUNK {
         return Err(Error::corrupt(format!("chunk declares {raw_len} raw bytes, over the {MAX_CHUNK} limit")));
@@ -77,19 +86,29 @@ pub(crate) fn decode_chunk(stored: &[u8], raw_len: u32) -> Result<Vec<u8>> {
         // ~7% of a pull's CPU (docs/benchmarks.md).
         static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
     }
-    let out = DCTX
-        .with(|cell| {
-            let mut cell = cell.borrow_mut();
-            if cell.is_none() {
-                *cell = Some(zstd::bulk::Decompressor::new()?);
-            }
-            cell.as_mut().expect("set above").decompress(stored, raw_len as usize)
-        })
-        .map_err(|e| Error::corrupt("chunk does not decompress").with_source(e))?;
-    if out.len() != raw_len as usize {
-        return Err(Error::corrupt(format!("chunk decompressed to {} bytes, expected {raw_len}", out.len())));
+    let start = out.len();
+    out.reserve(raw_len as usize);
+    // A frame that decodes to more than `raw_len` bytes (a damaged pack) may
+    // write into the rest of the spare room, never past it, and is cut off below.
+    let mut cur = std::io::Cursor::new(std::mem::take(out));
+    cur.set_position(start as u64);
+    let result = DCTX.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = Some(zstd::bulk::Decompressor::new()?);
+        }
+        cell.as_mut().expect("set above").decompress_to_buffer(stored, &mut cur)
+    });
+    *out = cur.into_inner();
+    let n = result.map_err(|e| {
+        out.truncate(start);
+        Error::corrupt("chunk does not decompress").with_source(e)
+    })?;
+    if n != raw_len as usize {
+        out.truncate(start);
+        return Err(Error::corrupt(format!("chunk decompressed to {n} bytes, expected {raw_len}")));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Choose how to store a chunk: zstd when that shrinks it, raw otherwise.

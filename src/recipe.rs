@@ -162,6 +162,21 @@ impl RecipeReader {
     }
 }
 
+impl RecipeReader {
+    /// After the end marker: whether nothing follows it (no bytes, no
+    /// further frames), its frame's checksum checked.
+    pub(crate) fn at_end(&mut self) -> Result<bool> {
+        let mut b = [0u8; 1];
+        loop {
+            match self.dec.read(&mut b) {
+                Ok(n) => return Ok(n == 0),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::corrupt("layer recipe is damaged after its end").with_source(e)),
+            }
+        }
+    }
+}
+
 impl Iterator for RecipeReader {
     type Item = Result<RecipeItem>;
     fn next(&mut self) -> Option<Self::Item> {

@@ -2,13 +2,14 @@
 //! bounded parallelism on worker threads and retries for transient failures.
 
 use crate::apply::ApplyOutcome;
+use crate::bundle_commit::Arrivals;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ChunkId, ClientId, LayerId};
 use crate::index::LayerInfo;
 use crate::ingest::{IngestOptions, IngestSummary};
 use crate::store::Store;
-use crate::transfer::{self, RecipeBundle, MAX_BATCH};
-use std::collections::VecDeque;
+use crate::transfer::{self, ChunkSink, RecipeBundle, MAX_BATCH};
+use std::collections::{HashSet, VecDeque};
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -91,11 +92,16 @@ impl Remote {
         }
     }
 
-    fn bytes(&self, what: &str, resp: reqwest::blocking::Response, wire: &WireCounter) -> Result<Vec<u8>> {
+    fn bytes(
+        &self,
+        what: &str,
+        resp: reqwest::blocking::Response,
+        wire: &WireCounter,
+    ) -> Result<impl std::ops::Deref<Target = [u8]>> {
         let b =
             resp.bytes().map_err(|e| Error::io(format!("{what}: reading the response"), std::io::Error::other(e)))?;
         wire.add(b.len());
-        Ok(b.to_vec())
+        Ok(b)
     }
 
     /// The hub's layers.
@@ -135,12 +141,29 @@ impl Remote {
 
     /// Fetch and verify a batch of chunks.
     pub fn fetch_chunks(&self, ids: &[ChunkId], wire: &WireCounter) -> Result<Vec<transfer::VerifiedChunk>> {
+        Ok(self.fetch_chunks_keep(ids, wire)?.into_iter().map(|(c, _)| c).collect())
+    }
+
+    /// [`Remote::fetch_chunks`], also giving back each chunk's raw bytes.
+    fn fetch_chunks_keep(
+        &self,
+        ids: &[ChunkId],
+        wire: &WireCounter,
+    ) -> Result<Vec<(transfer::VerifiedChunk, Vec<u8>)>> {
         let body: Vec<u8> = ids.iter().flat_map(|c| *c.as_bytes()).collect();
         let what = format!("fetching {} chunks", ids.len());
         let mut attempt = 1;
         loop {
             let r = self.send(&what, || self.http.post(self.url("/chunks/fetch")).body(body.clone()))?;
-            let result = self.bytes(&what, r, wire).and_then(|b| transfer::read_chunk_batch(&b[..], ids));
+            // Parsed and verified as it streams in, not gathered first.
+            let mut body =
+                std::io::BufReader::with_capacity(256 << 10, CountingRead { inner: r, wire, progress: None });
+            let result = transfer::read_chunk_batch_keep(&mut body, ids).and_then(|chunks| {
+                // The whole response read, so the connection is reused.
+                std::io::copy(&mut body, &mut std::io::sink())
+                    .map_err(|e| crate::error::from_io(e, format!("{what}: reading the response")))?;
+                Ok(chunks)
+            });
             match result {
                 Err(e) if transient(&e) && attempt < self.attempts => attempt += 1,
                 r => return r,
@@ -203,6 +226,12 @@ fn http_error(what: &str, resp: reqwest::blocking::Response) -> Error {
     };
     Error::new(kind, format!("{what}: hub answered {}: {msg}", status.as_u16()))
 }
+
+/// A pull checks its layer while the chunks arrive, holding their raw bytes
+/// until the rebuild has used them, only when the missing chunks' raw bytes
+/// are at most this (the most a hub that sends them out of order can make it
+/// hold); else it checks the layer afterwards, from the packs.
+const RAW_KEEP_BYTES: u64 = 256 << 20;
 
 /// Fetched chunks are stored (one pack, one index commit) in groups this big
 /// by default ([`TransferOptions::store_group_bytes`]).
@@ -413,31 +442,55 @@ impl Store {
         if bundle.layer != *layer {
             return Err(Error::invalid(format!("the hub sent the recipe of {} for {layer}", bundle.layer)));
         }
-        let ids: Vec<ChunkId> = bundle.chunk_ids()?.into_iter().map(|(c, _)| c).collect();
+        let (needed, mut uses) = bundle.chunk_uses()?;
+        let ids: Vec<ChunkId> = needed.iter().map(|(c, _)| *c).collect();
         let missing = self.missing_chunks(&ids)?;
         let n = missing.len() as u64;
+        // The layer is rebuilt and checked while its chunks arrive, from the
+        // raw bytes their verification decoded, when those fit in memory;
+        // else afterwards, from the packs.
+        let missing_set: HashSet<&ChunkId> = missing.iter().collect();
+        let raw_bytes: u64 = needed.iter().filter(|(c, _)| missing_set.contains(c)).map(|(_, l)| *l as u64).sum();
+        let overlap = raw_bytes <= RAW_KEEP_BYTES;
+        uses.retain(|c, _| overlap && missing_set.contains(c));
+        let arrivals = Arrivals::new(uses);
         let batches: Vec<Vec<ChunkId>> =
             missing.chunks(opts.batch.clamp(1, MAX_BATCH)).map(<[ChunkId]>::to_vec).collect();
         // Fetchers hand verified chunks to one writer, which stores them in
         // groups: each group is one durable commit (an interrupted pull keeps
         // every finished group), without an fsync per request.
         let (tx, rx) = crossbeam_channel::bounded::<Vec<transfer::VerifiedChunk>>(opts.concurrency.max(1) * 2);
-        std::thread::scope(|s| {
+        let verified = std::thread::scope(|s| {
             let writer = s.spawn(move || -> Result<()> {
-                let mut group = Vec::new();
-                let mut bytes = 0usize;
+                // Each chunk goes to the staged pack as it comes; a group is
+                // sealed (durable, indexed) every store_group_bytes.
+                let mut sink = ChunkSink::new(self);
                 for chunks in rx {
-                    bytes += chunks.iter().map(|c| c.stored_len()).sum::<usize>();
-                    group.extend(chunks);
-                    if bytes >= opts.store_group_bytes {
-                        self.put_chunks(&std::mem::take(&mut group))?;
-                        bytes = 0;
+                    for c in &chunks {
+                        sink.push(c)?;
+                    }
+                    if sink.pending_bytes() >= opts.store_group_bytes {
+                        sink.seal()?;
                     }
                 }
-                self.put_chunks(&group).map(|_| ())
+                sink.seal().map(|_| ())
+            });
+            let checker = overlap.then(|| {
+                let (bundle, arrivals) = (&bundle, &arrivals);
+                s.spawn(move || self.verify_bundle(bundle, &IngestOptions::default(), Some(arrivals)))
             });
             let fetched = parallel(opts.concurrency, batches, |b| {
-                let chunks = hub.fetch_chunks(&b, wire)?;
+                let got = hub.fetch_chunks_keep(&b, wire)?;
+                let (chunks, raw): (Vec<_>, Vec<_>) = got
+                    .into_iter()
+                    .map(|(c, r)| {
+                        let id = *c.id();
+                        (c, (id, r))
+                    })
+                    .unzip();
+                if overlap {
+                    arrivals.add(raw);
+                }
                 if let Some(p) = &opts.progress {
                     p.store(wire.get(), Ordering::Relaxed);
                 }
@@ -445,10 +498,22 @@ impl Store {
             });
             drop(tx);
             let stored = writer.join().unwrap_or_else(|_| Err(Error::io("writer", std::io::Error::other("panicked"))));
-            stored.and(fetched.map(|_| ()))
+            arrivals.close();
+            let checked = checker
+                .map(|h| h.join().unwrap_or_else(|_| Err(Error::io("rebuild", std::io::Error::other("panicked")))));
+            // The writer's error first (fetchers then only see "writer
+            // stopped"), then the fetch's (the rebuild then only sees chunks
+            // that never arrived).
+            stored?;
+            fetched?;
+            checked.transpose()
         })?;
         tracing::info!(chunks = n, wire = wire.get(), secs = t0.elapsed().as_secs_f64(), "chunks fetched and stored");
-        let summary = self.commit_bundle(&bundle, &IngestOptions::default())?;
+        let verified = match verified {
+            Some(v) => v,
+            None => self.verify_bundle(&bundle, &IngestOptions::default(), None)?,
+        };
+        let summary = self.record_verified(verified)?;
         tracing::info!(secs = t0.elapsed().as_secs_f64(), "layer rebuilt and committed");
         Ok((n, summary))
     }

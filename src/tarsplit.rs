@@ -253,6 +253,22 @@ impl<R: Read> TarSplitter<R> {
     pub fn content(&mut self) -> ContentReader<'_, R> {
         ContentReader { s: self }
     }
+
+    /// Pass over the current content region without reading it: `skip` must
+    /// move the input on by exactly the bytes it is given (for an input that
+    /// can do so without copying them, e.g. a rebuild that knows its regions).
+    pub fn skip_content(&mut self, skip: impl FnOnce(&mut R, u64) -> Result<()>) -> Result<()> {
+        let n = self.remaining;
+        skip(&mut self.inner, n)?;
+        self.pos += n;
+        self.remaining = 0;
+        Ok(())
+    }
+
+    /// The input.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
 }
 
 /// Reads the current content region; errors if the input ends early.

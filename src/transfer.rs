@@ -5,11 +5,11 @@
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ChunkId, FileId, LayerId};
 use crate::index::{self, CHUNKS, FILES, META, PACKS, RECIPES};
-use crate::ingest::{IngestOptions, IngestSummary};
 use crate::pack::{self, ChunkLoc, PackWriter, MAX_CHUNK};
 use crate::recipe::{FileRecipe, RecipeItem, RecipeReader};
 use crate::store::Store;
-use std::collections::{HashMap, HashSet, VecDeque};
+use redb::ReadableTable;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 
 const BUNDLE_MAGIC: &[u8; 8] = b"CSBUNDL1";
@@ -34,6 +34,11 @@ pub struct VerifiedChunk {
 impl VerifiedChunk {
     /// Check `stored` (zstd or raw, by the pack rule) against `id`.
     pub fn check(id: ChunkId, raw_len: u32, stored: Vec<u8>) -> Result<Self> {
+        Self::check_keep(id, raw_len, stored).map(|(c, _)| c)
+    }
+
+    /// [`VerifiedChunk::check`], also giving back the raw bytes it decoded.
+    pub(crate) fn check_keep(id: ChunkId, raw_len: u32, stored: Vec<u8>) -> Result<(Self, Vec<u8>)> {
         if raw_len == 0 || raw_len > MAX_CHUNK {
             return Err(Error::invalid(format!("chunk {id}: length {raw_len} out of range")));
         }
@@ -41,7 +46,7 @@ impl VerifiedChunk {
         if ChunkId::of(&raw) != id {
             return Err(Error::new(ErrorKind::Corrupt, format!("chunk {id}: received bytes do not match its id")));
         }
-        Ok(VerifiedChunk { id, raw_len, stored })
+        Ok((VerifiedChunk { id, raw_len, stored }, raw))
     }
 
     /// The chunk's id.
@@ -54,6 +59,9 @@ impl VerifiedChunk {
         self.stored.len()
     }
 }
+
+/// How many times a layer's rebuild reads each of its chunks.
+pub(crate) type ChunkUses = HashMap<ChunkId, u32>;
 
 /// A layer's recipe with the recipes of all its files.
 #[derive(Debug, Clone)]
@@ -122,25 +130,38 @@ impl RecipeBundle {
 
     /// Every distinct chunk the layer needs, in first-use order.
     pub fn chunk_ids(&self) -> Result<Vec<(ChunkId, u32)>> {
-        let mut seen = HashSet::new();
+        Ok(self.chunk_uses()?.0)
+    }
+
+    /// [`RecipeBundle::chunk_ids`], and how many times a rebuild of the layer reads each.
+    pub(crate) fn chunk_uses(&self) -> Result<(Vec<(ChunkId, u32)>, ChunkUses)> {
+        let mut uses: HashMap<ChunkId, u32> = HashMap::new();
         let mut out = Vec::new();
         for item in RecipeReader::new(self.recipe.clone())? {
             if let RecipeItem::File { id, .. } | RecipeItem::Data { id, .. } = item? {
                 let r = self.files.get(&id).ok_or_else(|| Error::invalid(format!("recipe bundle lacks file {id}")))?;
                 for (c, len) in &r.chunks {
-                    if seen.insert(*c) {
+                    let n = uses.entry(*c).or_insert(0);
+                    if *n == 0 {
                         out.push((*c, *len));
                     }
+                    *n = n.saturating_add(1);
                 }
             }
         }
-        Ok(out)
+        Ok((out, uses))
     }
 }
 
 /// Read one chunk batch response: `(id [32] | raw_len u32 | stored_len u32 | stored) *`.
 /// Each chunk is verified before it is returned; `expect` lists what was asked.
-pub fn read_chunk_batch(mut r: impl Read, expect: &[ChunkId]) -> Result<Vec<VerifiedChunk>> {
+pub fn read_chunk_batch(r: impl Read, expect: &[ChunkId]) -> Result<Vec<VerifiedChunk>> {
+    Ok(read_chunk_batch_keep(r, expect)?.into_iter().map(|(c, _)| c).collect())
+}
+
+/// [`read_chunk_batch`], also giving back each chunk's raw bytes (a pull
+/// rebuilds its layer from them rather than decompress them again).
+pub(crate) fn read_chunk_batch_keep(mut r: impl Read, expect: &[ChunkId]) -> Result<Vec<(VerifiedChunk, Vec<u8>)>> {
     let mut out = Vec::with_capacity(expect.len());
     let wanted: HashSet<&ChunkId> = expect.iter().collect();
     let rd = |e: io::Error| crate::error::from_io(e, "reading chunk batch");
@@ -156,9 +177,12 @@ pub fn read_chunk_batch(mut r: impl Read, expect: &[ChunkId]) -> Result<Vec<Veri
         if stored_len > MAX_CHUNK + 1024 || raw_len > MAX_CHUNK {
             return Err(Error::invalid(format!("chunk batch: chunk {id} declares {stored_len} bytes")));
         }
-        let mut stored = vec![0u8; stored_len as usize];
-        r.read_exact(&mut stored).map_err(rd)?;
-        out.push(VerifiedChunk::check(id, raw_len, stored)?);
+        let mut stored = Vec::with_capacity(stored_len as usize);
+        (&mut r).take(stored_len as u64).read_to_end(&mut stored).map_err(rd)?;
+        if stored.len() != stored_len as usize {
+            return Err(rd(io::ErrorKind::UnexpectedEof.into()));
+        }
+        out.push(VerifiedChunk::check_keep(id, raw_len, stored)?);
     }
     Ok(out)
 }
@@ -280,130 +304,125 @@ impl Store {
         if new.is_empty() {
             return Ok(0);
         }
-        let id = self.allocate_pack();
-        let mut pw = PackWriter::create(&self.staging, id)?;
-        let mut locs = Vec::with_capacity(new.len());
+        let mut pw = PackWriter::create(&self.staging, self.allocate_pack())?;
+        let mut entries = Vec::with_capacity(new.len());
         for c in &new {
-            locs.push(pw.append(&c.id, c.raw_len, &c.stored)?);
+            match pw.append(&c.id, c.raw_len, &c.stored) {
+                Ok(loc) => entries.push((c.id, loc)),
+                Err(e) => {
+                    self.discard_staged(pw);
+                    return Err(e);
+                }
+            }
         }
-        let (path, len, count) = pw.finish()?;
-        let id = self.put_pack_fresh(id, &path).inspect_err(|_| {
+        self.commit_pack(pw, entries)
+    }
+
+    /// Seal a staged pack of new chunks, publish it durably, then index its
+    /// chunks (those still missing; the caller holds the write lock).
+    fn commit_pack(&self, pw: PackWriter, entries: Vec<(ChunkId, ChunkLoc)>) -> Result<u64> {
+        let staged_id = pw.id;
+        let staged = self.staging.join(staged_id.file_name());
+        let (path, len, count) = pw.finish().inspect_err(|_| {
+            let _ = std::fs::remove_file(&staged);
+        })?;
+        let id = self.put_pack_fresh(staged_id, &path).inspect_err(|_| {
             let _ = std::fs::remove_file(&path);
         })?;
         if let Err(e) = self.backend.flush() {
             let _ = self.backend.delete_pack(id);
             return Err(e);
         }
-        locs.iter_mut().for_each(|l| l.pack = id);
-        let result = (|| -> Result<()> {
+        let result = (|| -> Result<u64> {
             let tx = self.db.begin_write()?;
+            let mut added = 0;
             {
                 let mut meta = tx.open_table(META)?;
                 let mut next = index::get_counter(&meta, index::NEXT_CHUNK_KEY)?;
                 let mut t = tx.open_table(CHUNKS)?;
-                for (c, mut loc) in new.iter().zip(locs) {
+                for (c, mut loc) in entries {
+                    if t.get(&c.as_bytes()[..])?.is_some() {
+                        continue; // stored meanwhile by another writer
+                    }
+                    loc.pack = id;
                     loc.num = next;
                     next = next.checked_add(1).ok_or_else(|| Error::new(ErrorKind::Config, "store is full"))?;
-                    t.insert(&c.id.as_bytes()[..], &loc.encode()[..])?;
+                    t.insert(&c.as_bytes()[..], &loc.encode()[..])?;
+                    added += 1;
                 }
                 meta.insert(index::NEXT_CHUNK_KEY, &next.to_le_bytes()[..])?;
                 tx.open_table(PACKS)?.insert(id.0, &index::PackInfo { len, chunks: count }.encode()[..])?;
             }
             tx.commit()?;
-            Ok(())
+            Ok(added)
         })();
-        if let Err(e) = result {
+        if result.is_err() {
             let _ = self.backend.delete_pack(id);
-            return Err(e);
         }
-        Ok(new.len() as u64)
+        result
     }
 
-    /// Record a layer from a recipe bundle whose chunks this store holds: the
-    /// tar is rebuilt, re-walked and checked against the bundle's diff_id.
-    pub fn commit_bundle(&self, bundle: &RecipeBundle, opts: &IngestOptions) -> Result<IngestSummary> {
-        let needed: Vec<ChunkId> = bundle.chunk_ids()?.into_iter().map(|(c, _)| c).collect();
-        let missing = self.missing_chunks(&needed)?;
-        if !missing.is_empty() {
-            return Err(Error::not_found(format!(
-                "layer {}: {} of its chunks are not here (first: {})",
-                bundle.layer,
-                missing.len(),
-                missing[0]
-            )));
-        }
-        let tx = self.db.begin_read()?;
-        let reader = BundleReader {
-            store: self,
-            chunks: tx.open_table(CHUNKS)?,
-            items: RecipeReader::new(bundle.recipe.clone())?,
-            files: &bundle.files,
-            queue: VecDeque::new(),
-            buf: Vec::new(),
-            pos: 0,
-        };
-        self.ingest(reader, &IngestOptions { expect: Some(bundle.layer), ..opts.clone() })
+    /// Drop an unsealed pack and its staged file.
+    fn discard_staged(&self, pw: PackWriter) {
+        let staged = self.staging.join(pw.id.file_name());
+        drop(pw);
+        let _ = std::fs::remove_file(staged);
     }
 }
 
-/// Rebuilds a layer tar from a bundle and local chunks.
-struct BundleReader<'a> {
+/// Stores verified chunks as they come: each is appended to a staged pack at
+/// once (so its buffer is freed and reused), and [`ChunkSink::seal`] makes
+/// the pack durable and indexes its chunks; an interrupted pull keeps every
+/// sealed pack. An unsealed pack is removed when the sink is dropped.
+#[cfg_attr(not(feature = "client"), allow(dead_code))]
+pub(crate) struct ChunkSink<'a> {
     store: &'a Store,
-    chunks: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
-    items: RecipeReader,
-    files: &'a HashMap<FileId, FileRecipe>,
-    queue: VecDeque<(ChunkId, u32)>,
-    buf: Vec<u8>,
-    pos: usize,
+    pack: Option<PackWriter>,
+    entries: Vec<(ChunkId, ChunkLoc)>,
+    seen: HashSet<ChunkId>,
+    bytes: usize,
 }
 
-impl BundleReader<'_> {
-    fn refill(&mut self) -> Result<bool> {
-        loop {
-            if let Some((c, len)) = self.queue.pop_front() {
-                let v = self
-                    .chunks
-                    .get(&c.as_bytes()[..])?
-                    .ok_or_else(|| Error::not_found(format!("chunk {c} is not here")))?;
-                let loc = ChunkLoc::decode(v.value())?;
-                if loc.raw_len != len {
-                    return Err(Error::invalid(format!("chunk {c}: bundle says {len} bytes, it has {}", loc.raw_len)));
-                }
-                self.buf = self.store.read_chunk(&loc)?;
-                self.pos = 0;
-                return Ok(true);
-            }
-            match self.items.next_item().map_err(|e| Error::invalid(format!("recipe bundle: {e}")))? {
-                None => return Ok(false),
-                Some(RecipeItem::Raw(b)) => {
-                    self.buf = b;
-                    self.pos = 0;
-                    return Ok(true);
-                }
-                Some(RecipeItem::File { id, size, .. } | RecipeItem::Data { id, size }) => {
-                    let r =
-                        self.files.get(&id).ok_or_else(|| Error::invalid(format!("recipe bundle lacks file {id}")))?;
-                    if r.size != size {
-                        return Err(Error::invalid(format!("recipe bundle: file {id} size disagrees")));
-                    }
-                    self.queue.extend(r.chunks.iter().copied());
-                }
-            }
+#[cfg_attr(not(feature = "client"), allow(dead_code))]
+impl<'a> ChunkSink<'a> {
+    pub fn new(store: &'a Store) -> Self {
+        ChunkSink { store, pack: None, entries: Vec::new(), seen: HashSet::new(), bytes: 0 }
+    }
+
+    /// Append a chunk (once per id) to the staged pack.
+    pub fn push(&mut self, c: &VerifiedChunk) -> Result<()> {
+        if !self.seen.insert(c.id) {
+            return Ok(());
         }
+        let pw = match &mut self.pack {
+            Some(pw) => pw,
+            None => self.pack.insert(PackWriter::create(&self.store.staging, self.store.allocate_pack())?),
+        };
+        self.entries.push((c.id, pw.append(&c.id, c.raw_len, &c.stored)?));
+        self.bytes += c.stored.len();
+        Ok(())
+    }
+
+    /// Stored bytes appended since the last seal.
+    pub fn pending_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Make the staged pack durable and index its chunks; returns how many were new.
+    pub fn seal(&mut self) -> Result<u64> {
+        let Some(pw) = self.pack.take() else { return Ok(0) };
+        let entries = std::mem::take(&mut self.entries);
+        self.bytes = 0;
+        let _guard = self.store.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.store.commit_pack(pw, entries)
     }
 }
 
-impl Read for BundleReader<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.buf.len() {
-            if !self.refill()? {
-                return Ok(0);
-            }
+impl Drop for ChunkSink<'_> {
+    fn drop(&mut self) {
+        if let Some(pw) = self.pack.take() {
+            self.store.discard_staged(pw);
         }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
     }
 }
 
@@ -425,6 +444,27 @@ mod tests {
         let mut longer = e.clone();
         longer.push(0);
         assert!(RecipeBundle::decode(&longer).is_err());
+    }
+
+    #[test]
+    fn chunk_sink_seals_groups_and_drops_what_it_did_not_seal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let chunk = |b: &[u8]| VerifiedChunk::check(ChunkId::of(b), b.len() as u32, b.to_vec()).unwrap();
+        let (a, b, c) = (chunk(b"aaaa"), chunk(b"bbbb"), chunk(b"cccc"));
+        store.put_chunks(std::slice::from_ref(&a)).unwrap();
+        let mut sink = ChunkSink::new(&store);
+        for x in [&a, &b, &b] {
+            sink.push(x).unwrap();
+        }
+        assert_eq!(sink.pending_bytes(), 8, "each id once");
+        assert_eq!(sink.seal().unwrap(), 1, "a was held already");
+        assert!(store.has_chunk(b.id()).unwrap());
+        sink.push(&c).unwrap();
+        drop(sink);
+        assert!(!store.has_chunk(c.id()).unwrap());
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "the unsealed pack is gone");
+        assert!(store.verify(Default::default()).unwrap().is_clean());
     }
 
     #[test]

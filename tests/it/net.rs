@@ -750,6 +750,19 @@ fn tokens_scopes_and_pushes() {
     let (st, missing) = http("POST", &hub.api("/chunks/missing"), Some(&tpush), Some(&fake_id));
     assert_eq!((st, missing), (200, fake_id.to_vec()), "the refused chunk is still missing");
 
+    // A pushed bundle is checked against the layer it rebuilds: the recipe
+    // of a layer the hub holds, named as another layer, is refused and
+    // records nothing.
+    let (st, mut bundle) = http("GET", &hub.api(&format!("/layers/{}/bundle", a.id)), Some(&tpush), None);
+    assert_eq!(st, 200, "{}", text(&bundle));
+    let other = format!("sha256:{}", "ab".repeat(32));
+    bundle[8..40].copy_from_slice(&[0xab; 32]);
+    let layers = http("GET", &hub.api("/layers"), Some(&tpush), None);
+    let commit = hub.api(&format!("/layers/{other}/commit"));
+    let msg = assert_api_error(http("POST", &commit, Some(&tpush), Some(&bundle)), 422, "CORRUPT");
+    assert!(msg.contains("rebuilt layer is"), "{msg}");
+    assert_eq!(http("GET", &hub.api("/layers"), Some(&tpush), None), layers, "nothing recorded");
+
     // Expired (issued with a 1 s lifetime, at least 2 s ago).
     std::thread::sleep(Duration::from_secs(2).saturating_sub(issued.elapsed()));
     refused(Some(&expiring), "expired");
