@@ -107,6 +107,11 @@ impl RecipeReader {
         if v != VERSION {
             return Err(Error::corrupt(format!("unsupported recipe version {v}")));
         }
+        // Refused rather than ignored: a recipe from a hub is stored as it came,
+        // and a field no writer sets must not carry anything into this store.
+        if bytes[12..16] != [0; 4] {
+            return Err(Error::corrupt("layer recipe: reserved header bytes are not zero"));
+        }
         let mut cur = std::io::Cursor::new(bytes);
         cur.set_position(16);
         let dec = zstd::stream::read::Decoder::new(cur).map_err(|e| Error::io("recipe decoder", e))?;
@@ -257,6 +262,11 @@ mod tests {
             let r = RecipeReader::new(bytes[..cut].to_vec());
             assert!(r.map(|r| r.collect::<Result<Vec<_>>>()).and_then(|x| x).is_err());
         }
+        // The reserved header word must be zero (found by the `bundle` fuzz
+        // target: a hub could otherwise plant bytes in this store's recipes).
+        let mut planted = bytes.clone();
+        planted[13] = 43;
+        assert!(RecipeReader::new(planted).is_err());
     }
 
     #[test]
