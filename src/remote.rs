@@ -229,8 +229,9 @@ fn http_error(what: &str, resp: reqwest::blocking::Response) -> Error {
 
 /// A pull checks its layer while the chunks arrive, holding their raw bytes
 /// until the rebuild has used them, only when the missing chunks' raw bytes
-/// are at most this (the most a hub that sends them out of order can make it
-/// hold); else it checks the layer afterwards, from the packs.
+/// are at most this by default ([`TransferOptions::overlap_max_bytes`]: the
+/// most a hub that sends them out of order can make it hold); else it checks
+/// the layer afterwards, from the packs.
 const RAW_KEEP_BYTES: u64 = 256 << 20;
 
 /// Fetched chunks are stored (one pack, one index commit) in groups this big
@@ -261,6 +262,9 @@ pub struct TransferOptions {
     /// A pull stores fetched chunks durably (one pack, one index commit) each
     /// time this many bytes have arrived; a killed pull keeps every stored group.
     pub store_group_bytes: usize,
+    /// A pull via chunks checks the layer while its chunks arrive when the
+    /// missing chunks hold at most this many raw bytes, else after the fetch.
+    pub overlap_max_bytes: u64,
 }
 
 impl Default for TransferOptions {
@@ -273,6 +277,7 @@ impl Default for TransferOptions {
             via: Via::Dedup,
             progress: None,
             store_group_bytes: STORE_GROUP_BYTES,
+            overlap_max_bytes: RAW_KEEP_BYTES,
         }
     }
 }
@@ -451,7 +456,7 @@ impl Store {
         // else afterwards, from the packs.
         let missing_set: HashSet<&ChunkId> = missing.iter().collect();
         let raw_bytes: u64 = needed.iter().filter(|(c, _)| missing_set.contains(c)).map(|(_, l)| *l as u64).sum();
-        let overlap = raw_bytes <= RAW_KEEP_BYTES;
+        let overlap = raw_bytes <= opts.overlap_max_bytes;
         uses.retain(|c, _| overlap && missing_set.contains(c));
         let arrivals = Arrivals::new(uses);
         let batches: Vec<Vec<ChunkId>> =

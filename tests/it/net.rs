@@ -432,6 +432,40 @@ fn pull_via_dedup_and_chunks() {
     assert!(hub.stop().success());
 }
 
+/// A pull via chunks whose missing chunks are more than it keeps in memory
+/// checks the layer after the fetch, from its packs: exact either way, and
+/// the hub's wrong bytes are still refused (`--overlap-max-bytes 0` forces it).
+#[test]
+fn pull_checks_after_the_fetch_when_the_layer_is_large() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (hub_store, edge, edge_bad) = (d.join("hub"), d.join("edge"), d.join("edge-bad"));
+    let (a, b) = base_and_update(d);
+    a.ingest(&hub_store);
+    b.ingest(&hub_store);
+    let hub = Hub::start(&hub_store, &[], &[]);
+    let t = token(&hub_store, "edge-l", "pull", "1h");
+    let after = ["--via", "chunks", "--overlap-max-bytes", "0", "--store-group-bytes", "65536"];
+    let s = pull(&edge, &hub, "edge-l", &t, &a.id, &after);
+    assert_eq!(s["ingest"]["id"], a.id.as_str(), "{s}");
+    assert_exact(&edge, &a);
+    let s = pull(&edge, &hub, "edge-l", &t, &b.id, &after);
+    assert_eq!(s["ingest"]["id"], b.id.as_str(), "{s}");
+    assert_exact(&edge, &b);
+    assert_verify_clean(&edge);
+    assert!(hub.stop().success());
+
+    let hub = Hub::start(&hub_store, &[], &[("CHUNKSTORE_TEST_CORRUPT_CHUNKS", "1")]);
+    let url = hub.url();
+    let mut args = vec!["pull", "--hub", url.as_str(), "--client", "edge-l", "--token", t.as_str(), &a.id];
+    args.extend(after);
+    let err = run_fails(&edge_bad, &args, &[]);
+    assert!(err.contains("do not match its id"), "{err}");
+    assert!(layer_ids(&edge_bad).is_empty());
+    assert_verify_clean(&edge_bad);
+    assert!(hub.stop().success());
+}
+
 /// Issue 2: the hub's map says the edge holds A, but the edge store is new
 /// (and holds something else): a dedup pull of B falls back to chunks,
 /// comes out exact, and the map is corrected.

@@ -28,6 +28,9 @@ pub struct Args {
     /// Store fetched chunks durably every this many bytes (tests of resumed pulls)
     #[arg(long, hide = true)]
     store_group_bytes: Option<usize>,
+    /// Check the layer while its chunks arrive only up to this many raw bytes (tests)
+    #[arg(long, hide = true)]
+    overlap_max_bytes: Option<u64>,
     /// Layer digest or unique prefix (of the hub's layers)
     layer: String,
 }
@@ -41,6 +44,9 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     let mut opts = TransferOptions { concurrency: args.concurrency, batch: args.batch, via, ..Default::default() };
     if let Some(n) = args.store_group_bytes {
         opts.store_group_bytes = n;
+    }
+    if let Some(n) = args.overlap_max_bytes {
+        opts.overlap_max_bytes = n;
     }
     let s = store.pull(&hub, &client, &layer, &opts)?;
     if ctx.json {
