@@ -50,12 +50,21 @@ impl Remote {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Error::invalid(format!("hub URL {url:?} must start with http:// or https://")));
         }
-        let http = reqwest::blocking::Client::builder()
+        let mut builder = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(None)
-            .pool_max_idle_per_host(64)
-            .build()
-            .map_err(|e| Error::io("HTTP client", std::io::Error::other(e)))?;
+            .pool_max_idle_per_host(64);
+        // rustls needs a process-wide crypto provider (ring, which the S3
+        // client builds anyway); an error only means one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        if base.starts_with("http://") {
+            // A plain-HTTP hub needs no TLS, but the default backend (OpenSSL,
+            // via native-tls, when the s3 feature is on) loads the system CA
+            // bundle as the client is built: 40-70 ms of every pull and push.
+            // rustls loads its roots only when a TLS connection is verified.
+            builder = builder.tls_backend_rustls();
+        }
+        let http = builder.build().map_err(|e| Error::io("HTTP client", std::io::Error::other(e)))?;
         Ok(Remote { base: format!("{base}/v2/_chunkstore"), token, http, attempts: 6 })
     }
 
