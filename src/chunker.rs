@@ -136,18 +136,7 @@ impl Chunker {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::testutil::noise;
 
     fn cuts(p: ChunkerParams, data: &[u8]) -> Vec<usize> {
         let mut c = Chunker::new(p);
@@ -163,7 +152,7 @@ mod tests {
     #[test]
     fn streaming_matches_whole_file_cuts() {
         let p = ChunkerParams::default();
-        let data = pseudo_random(WINDOW * 2 + 12345, 7);
+        let data = noise(WINDOW * 2 + 12345, 7);
         let whole: Vec<usize> = FastCDC::new(&data, p.min, p.avg, p.max).map(|c| c.length).collect();
         assert_eq!(cuts(p, &data), whole);
         assert_eq!(cuts(p, &data).iter().sum::<usize>(), data.len());

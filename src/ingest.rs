@@ -757,31 +757,8 @@ struct Walked {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{noise, tar_of};
     use crate::verify::VerifyOptions;
-
-    fn noise(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
-
-    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for (name, data) in files {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_cksum();
-            b.append_data(&mut h, name, *data).unwrap();
-        }
-        b.into_inner().unwrap()
-    }
 
     /// Repeats within a batch, across batches, ahead of their claimer in the
     /// same batch, of streamed regions and of chunks shared between files: all

@@ -55,6 +55,8 @@ mod remote;
 pub mod server;
 mod store;
 mod tarsplit;
+#[cfg(test)]
+mod testutil;
 mod token;
 mod transfer;
 mod verify;

@@ -259,6 +259,7 @@ fn layer_map(
 mod tests {
     use crate::backend::{Backend, MemoryBackend};
     use crate::index::{BLOBS, CHUNKS, FILES, LAYERS, LAYER_MAPS, META, PACKS, RECIPES};
+    use crate::testutil::noise;
     use crate::{IngestOptions, Store, StoreOptions};
     use redb::ReadableTable;
     use std::sync::Arc;
@@ -272,18 +273,6 @@ mod tests {
             b.append_data(&mut h, p, &d[..]).unwrap();
         }
         b.into_inner().unwrap()
-    }
-
-    fn noise(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
     }
 
     /// Every table but the possession records, as bytes.
