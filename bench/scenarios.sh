@@ -45,23 +45,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# cs STORE ARGS...: run chunkstore on STORE, stdout to the caller, stderr shown on failure.
-cs() {
-  local store=$1; shift
-  local err=$WORK/cs.err
-  if ! "$BIN" --store "$store" "$@" 2> "$err"; then
-    say "command failed: chunkstore --store $store $*"
-    sed 's/^/    /' "$err" >&2
-    return 1
-  fi
-}
 
-# json_get FILE EXPR: EXPR is Python over `j` (the parsed JSON).
-json_get() { python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"; }
 
-now_ns() { date +%s%N; }
-secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", (b - a) / 1e9}'; }
-median() { sort -g | awk '{a[NR]=$1} END {m=int((NR+1)/2); if (NR%2) print a[m]; else printf "%.3f\n", (a[m]+a[m+1])/2}'; }
 
 # ---------------------------------------------------------------- scenarios
 mapfile -t LINES < <(grep -Ev '^[[:space:]]*(#|$)' "$CORPUS/scenarios.txt")

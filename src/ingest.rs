@@ -598,14 +598,7 @@ impl Store {
 
     fn seal(&self, pw: PackWriter, w: &mut Written) -> Result<()> {
         let id = pw.id;
-        let staged = self.staging.join(id.file_name());
-        let (path, len, count) = pw.finish().inspect_err(|_| {
-            let _ = std::fs::remove_file(&staged);
-        })?;
-        // Leave neither a staged file nor a half-published pack behind.
-        let stored = self.put_pack_fresh(id, &path).inspect_err(|_| {
-            let _ = std::fs::remove_file(&path);
-        })?;
+        let (stored, len, count) = self.publish_staged(pw)?;
         if stored != id {
             // Another writer of a shared backend had taken `id`.
             w.chunks.values_mut().filter(|l| l.pack == id).for_each(|l| l.pack = stored);

@@ -201,6 +201,21 @@ impl Store {
         self.next_pack.fetch_max(max.saturating_add(1), Ordering::SeqCst);
     }
 
+    /// Finish a staged pack and store it under a fresh id (see
+    /// [`Self::put_pack_fresh`]), leaving no staged file behind if either
+    /// fails. Returns the id it was stored under, its length and entry count.
+    pub(crate) fn publish_staged(&self, pw: pack::PackWriter) -> Result<(PackId, u64, u64)> {
+        let staged = self.staging.join(pw.id.file_name());
+        let id = pw.id;
+        let (path, len, count) = pw.finish().inspect_err(|_| {
+            let _ = std::fs::remove_file(&staged);
+        })?;
+        let stored = self.put_pack_fresh(id, &path).inspect_err(|_| {
+            let _ = std::fs::remove_file(&path);
+        })?;
+        Ok((stored, len, count))
+    }
+
     /// Store a sealed pack under a fresh id. `id` is tried first; if another
     /// writer of a shared backend took it meanwhile, new ids are tried.
     /// Returns the id the pack was stored under.

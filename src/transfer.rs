@@ -321,14 +321,7 @@ impl Store {
     /// Seal a staged pack of new chunks, publish it durably, then index its
     /// chunks (those still missing; the caller holds the write lock).
     fn commit_pack(&self, pw: PackWriter, entries: Vec<(ChunkId, ChunkLoc)>) -> Result<u64> {
-        let staged_id = pw.id;
-        let staged = self.staging.join(staged_id.file_name());
-        let (path, len, count) = pw.finish().inspect_err(|_| {
-            let _ = std::fs::remove_file(&staged);
-        })?;
-        let id = self.put_pack_fresh(staged_id, &path).inspect_err(|_| {
-            let _ = std::fs::remove_file(&path);
-        })?;
+        let (id, len, count) = self.publish_staged(pw)?;
         if let Err(e) = self.backend.flush() {
             let _ = self.backend.delete_pack(id);
             return Err(e);
