@@ -34,6 +34,9 @@ pub(crate) const CHUNKER_KEY: &str = "chunker";
 pub(crate) const NEXT_CHUNK_KEY: &str = "next_chunk_num";
 /// Next dense file number (u32).
 pub(crate) const NEXT_FILE_KEY: &str = "next_file_num";
+/// Present (value 1) once every layer the index holds has its layer object
+/// in the backend: stores made before layer objects existed lack it.
+pub(crate) const LAYER_OBJECTS_KEY: &str = "layer_objects";
 /// Index format version; bump on any incompatible change to a table's encoding.
 pub(crate) const FORMAT_VERSION: u32 = 1;
 
@@ -122,6 +125,21 @@ pub(crate) fn get_counter(meta: &redb::Table<&str, &[u8]>, key: &str) -> Result<
             .map(u32::from_le_bytes)
             .map_err(|_| Error::corrupt(format!("counter {key} is malformed"))),
     }
+}
+
+/// Whether META flag `key` is set (see [`set_flag`]).
+pub(crate) fn flag(db: &redb::Database, key: &str) -> Result<bool> {
+    let tx = db.begin_read()?;
+    let meta = tx.open_table(META)?;
+    Ok(meta.get(key)?.is_some_and(|v| v.value() == [1]))
+}
+
+/// Set META flag `key` (one write transaction).
+pub(crate) fn set_flag(db: &redb::Database, key: &str) -> Result<()> {
+    let tx = db.begin_write()?;
+    tx.open_table(META)?.insert(key, &[1u8][..])?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// A pack's record in the index.

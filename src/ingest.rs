@@ -172,9 +172,11 @@ impl Store {
             };
             let walked = self.walk(reader, counter.clone(), |b| tx.send(b).is_ok());
             drop(tx);
-            let written = writer
-                .join()
-                .unwrap_or_else(|_| Err(Error::io("writer thread panicked", std::io::Error::other("panic"))));
+            let written = writer.join().unwrap_or_else(|_| {
+                // What it published is not known here: leave it to the next open.
+                self.unsettled.keep();
+                Err(Error::io("writer thread panicked", std::io::Error::other("panic")))
+            });
             (walked, written)
         });
         let (walked, mut written) = match (walked, written) {
@@ -184,7 +186,7 @@ impl Store {
                 // (the next open would reclaim them too).
                 if let Ok(w) = &b {
                     for (p, _) in &w.packs {
-                        let _ = self.backend.delete_pack(*p);
+                        self.unpublish_pack(*p);
                     }
                 }
                 // The writer's error first: when it fails, the walk only sees
@@ -194,7 +196,7 @@ impl Store {
         };
         if let Some(want) = opts.expect.filter(|w| *w != walked.info.id) {
             for (p, _) in &written.packs {
-                let _ = self.backend.delete_pack(*p);
+                self.unpublish_pack(*p);
             }
             return Err(Error::corrupt(format!("rebuilt layer is {}, expected {want}", walked.info.id)));
         }
@@ -304,15 +306,16 @@ impl Store {
                 .map_err(|e| Error::io("spawning the packer thread", e))?;
             let prepared = self.prepare_batches(rx, |p| ptx.send(p).is_ok());
             drop(ptx);
-            let packed = packer
-                .join()
-                .unwrap_or_else(|_| Err(Error::io("packer thread panicked", std::io::Error::other("panic"))));
+            let packed = packer.join().unwrap_or_else(|_| {
+                self.unsettled.keep();
+                Err(Error::io("packer thread panicked", std::io::Error::other("panic")))
+            });
             match (prepared, packed) {
                 (Ok(()), Ok(w)) => Ok(w),
                 (Ok(()), Err(e)) | (Err(_), Err(e)) => Err(e),
                 (Err(e), Ok(w)) => {
                     for (p, _) in &w.packs {
-                        let _ = self.backend.delete_pack(*p);
+                        self.unpublish_pack(*p);
                     }
                     Err(e)
                 }
@@ -442,7 +445,7 @@ impl Store {
             }
             Err(e) => {
                 for (p, _) in &st.w.packs {
-                    let _ = self.backend.delete_pack(*p);
+                    self.unpublish_pack(*p);
                 }
                 if let Some(pw) = st.pack.take() {
                     self.discard(pw);
@@ -629,6 +632,7 @@ impl Store {
         let Walked { mut info, recipe, contents } = walked;
         let tx = self.db.begin_write()?;
         let already_present;
+        let new_blob;
         {
             let mut meta = tx.open_table(META)?;
             let mut next_chunk = index::get_counter(&meta, index::NEXT_CHUNK_KEY)?;
@@ -709,13 +713,15 @@ impl Store {
             layers.insert(key, &info.encode()[..])?;
             tx.open_table(RECIPES)?.insert(key, &recipe[..])?;
             tx.open_table(LAYER_MAPS)?.insert(key, &map.encode()[..])?;
-            if let Some(b) = arrived_blob.or(info.blob) {
+            new_blob = arrived_blob.or(info.blob);
+            if let Some(b) = new_blob {
                 tx.open_table(BLOBS)?.insert(&b.as_bytes()[..], key)?;
             }
         }
         // The layer object goes to the backend before the index names the layer.
-        self.publish_layer(&tx, &info.id, already_present, &w.packs)?;
-        tx.commit()?;
+        self.publish_layer(&tx, &info.id, already_present, new_blob, &w.packs)?;
+        // On failure the packs and layer object stay: the next open reclaims them.
+        tx.commit().inspect_err(|_| self.unsettled.keep())?;
         Ok(IngestSummary {
             layer: info,
             already_present,

@@ -122,6 +122,7 @@ pub(crate) fn build<L, R, F, B>(
     recipes: &R,
     files: &F,
     blobs: &B,
+    known_blobs: Option<Vec<BlobDigest>>,
 ) -> Result<LayerObject>
 where
     L: ReadableTable<&'static [u8], &'static [u8]>,
@@ -144,14 +145,23 @@ where
             }
         }
     }
-    let mut bl = Vec::new();
-    for e in blobs.iter()? {
-        let (k, v) = e?;
-        if v.value() == key {
-            bl.push(BlobDigest::from_bytes(k.value().try_into().map_err(|_| Error::corrupt("bad blob key"))?));
+    // Scanning BLOBS costs time in proportion to the store's layers; a new
+    // layer's caller knows them already.
+    let mut bl = match known_blobs {
+        Some(v) => v,
+        None => {
+            let mut bl = Vec::new();
+            for e in blobs.iter()? {
+                let (k, v) = e?;
+                if v.value() == key {
+                    bl.push(BlobDigest::from_bytes(k.value().try_into().map_err(|_| Error::corrupt("bad blob key"))?));
+                }
+            }
+            bl
         }
-    }
+    };
     bl.sort();
+    bl.dedup();
     Ok(LayerObject { chunker, info, info_bytes, blobs: bl, recipe, files: fs })
 }
 
@@ -167,8 +177,11 @@ impl Store {
         tx: &redb::WriteTransaction,
         id: &LayerId,
         already_present: bool,
+        new_blob: Option<BlobDigest>,
         packs: &[(crate::ids::PackId, crate::index::PackInfo)],
     ) -> Result<()> {
+        // Only this commit can have named a layer new to the index.
+        let known_blobs = (!already_present).then(|| new_blob.into_iter().collect());
         let obj = build(
             self.params,
             id,
@@ -176,15 +189,21 @@ impl Store {
             &tx.open_table(RECIPES)?,
             &tx.open_table(FILES)?,
             &tx.open_table(BLOBS)?,
+            known_blobs,
         )?;
         // Every pack first (a backend may still be uploading some), then the object.
         let r = self
             .check_writable()
+            .and_then(|()| self.unsettled.mark())
             .and_then(|()| self.backend.flush())
             .and_then(|()| self.backend.put_layer(id, &obj.encode()));
-        if r.is_err() && (already_present || self.backend.delete_layer(id).is_ok()) {
-            for (p, _) in packs {
-                let _ = self.backend.delete_pack(*p);
+        if r.is_err() {
+            if already_present || self.backend.delete_layer(id).is_ok() {
+                for (p, _) in packs {
+                    self.unpublish_pack(*p);
+                }
+            } else {
+                self.unsettled.keep();
             }
         }
         r
@@ -200,6 +219,7 @@ impl Store {
             &tx.open_table(RECIPES)?,
             &tx.open_table(FILES)?,
             &tx.open_table(BLOBS)?,
+            None,
         )
     }
 }

@@ -59,6 +59,7 @@ mod tarsplit;
 mod testutil;
 mod token;
 mod transfer;
+mod unsettled;
 mod verify;
 
 pub use apply::{ApplyOutcome, MissingRef};

@@ -6,6 +6,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ChunkId, LayerId, PackId};
 use crate::index::{self, LayerInfo, PackInfo, BLOBS, CHUNKS, FILES, LAYERS, META, PACKS, RECIPES};
 use crate::pack::{self, ChunkLoc};
+use crate::unsettled::Unsettled;
 use redb::{Database, ReadableTable, ReadableTableMetadata};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,6 +57,7 @@ pub struct Store {
     pub(crate) staging: PathBuf,
     next_pack: AtomicU64,
     pub(crate) write_lock: Mutex<()>,
+    pub(crate) unsettled: Unsettled,
 }
 
 /// Totals over the whole store.
@@ -110,6 +112,7 @@ impl Store {
             }
             e => Error::index(e).context(format!("opening {}", db_path.display())),
         })?;
+        let unsettled = Unsettled::open(&dir);
         // Anything in tmp/ is a pack an ingest never sealed. Cleared only once
         // the index lock is ours: another process's live ingest stages there.
         if staging.exists() {
@@ -126,14 +129,37 @@ impl Store {
             opts.chunker = Some(obj.chunker);
         }
         let params = Self::init_meta(&db, &opts)?;
-        let mut store =
-            Store { dir, db, backend, params, opts, staging, next_pack: AtomicU64::new(1), write_lock: Mutex::new(()) };
+        let mut store = Store {
+            dir,
+            db,
+            backend,
+            params,
+            opts,
+            staging,
+            next_pack: AtomicU64::new(1),
+            write_lock: Mutex::new(()),
+            unsettled,
+        };
         if rebuild {
             tracing::info!("index is empty and the backend holds {} layers: rebuilding the index", existing.len());
             store.reindex()?;
         } else if !store.opts.read_only && existing.is_empty() {
-            store.reclaim()?;
-            store.backfill_layer_objects()?;
+            // Scanning the backend costs time in proportion to its size: only
+            // after a writer that did not finish (see `unsettled`).
+            let found = store.unsettled.found() || fresh;
+            if found {
+                tracing::info!("the last writer did not finish: reclaiming what the index does not name");
+                store.reclaim()?;
+            } else {
+                store.number_packs_past_index()?;
+            }
+            if !index::flag(&store.db, index::LAYER_OBJECTS_KEY)? {
+                store.backfill_layer_objects()?;
+                index::set_flag(&store.db, index::LAYER_OBJECTS_KEY)?;
+            } else if found {
+                store.backfill_layer_objects()?;
+            }
+            store.unsettled.clear();
         }
         if !store.opts.read_only && store.backend.is_shared() {
             store.number_packs_past_backend()?;
@@ -188,6 +214,23 @@ impl Store {
         Ok(())
     }
 
+    /// Number new packs past every pack the index names.
+    fn number_packs_past_index(&self) -> Result<()> {
+        let tx = self.db.begin_read()?;
+        if let Some((k, _)) = tx.open_table(PACKS)?.last()? {
+            self.pack_ids_past(k.value());
+        }
+        Ok(())
+    }
+
+    /// Remove pack `id`, which this process published but will not commit;
+    /// if that fails, the next open reclaims it.
+    pub(crate) fn unpublish_pack(&self, id: PackId) {
+        if self.backend.delete_pack(id).is_err() {
+            self.unsettled.keep();
+        }
+    }
+
     /// Number new packs past every pack the backend holds.
     fn number_packs_past_backend(&self) -> Result<()> {
         if let Some(max) = self.backend.list_packs()?.iter().map(|p| p.0).max() {
@@ -221,6 +264,7 @@ impl Store {
     /// Returns the id the pack was stored under.
     pub(crate) fn put_pack_fresh(&self, mut id: PackId, staged: &Path) -> Result<PackId> {
         self.check_writable()?;
+        self.unsettled.mark()?;
         for _ in 0..64 {
             match self.backend.put_pack(id, staged) {
                 Ok(()) => return Ok(id),
@@ -232,7 +276,7 @@ impl Store {
                 Err(e) => {
                     // A backend publishes a pack whole or not at all; this only
                     // makes sure (the id was ours: nobody else's pack is there).
-                    let _ = self.backend.delete_pack(id);
+                    self.unpublish_pack(id);
                     return Err(e);
                 }
             }
@@ -287,6 +331,8 @@ impl Store {
                 }
             } else {
                 meta.insert(index::FORMAT_KEY, &index::FORMAT_VERSION.to_le_bytes()[..])?;
+                // A new index: no layer lacks its object.
+                meta.insert(index::LAYER_OBJECTS_KEY, &[1u8][..])?;
             }
             let stored = meta.get(index::CHUNKER_KEY)?.map(|v| ChunkerParams::decode(v.value())).transpose()?;
             match (stored, opts.chunker) {

@@ -323,7 +323,7 @@ impl Store {
     fn commit_pack(&self, pw: PackWriter, entries: Vec<(ChunkId, ChunkLoc)>) -> Result<u64> {
         let (id, len, count) = self.publish_staged(pw)?;
         if let Err(e) = self.backend.flush() {
-            let _ = self.backend.delete_pack(id);
+            self.unpublish_pack(id);
             return Err(e);
         }
         let result = (|| -> Result<u64> {
@@ -350,7 +350,7 @@ impl Store {
             Ok(added)
         })();
         if result.is_err() {
-            let _ = self.backend.delete_pack(id);
+            self.unpublish_pack(id);
         }
         result
     }

@@ -155,6 +155,7 @@ fn check_store(store: &Path, known: &[&Layer]) -> Vec<String> {
     );
     let tmp: Vec<_> = std::fs::read_dir(store.join("tmp")).unwrap().collect();
     assert!(tmp.is_empty(), "tmp/ not cleared on open: {tmp:?}");
+    assert!(!store.join("unsettled").exists(), "the reopen reclaimed, so the unsettled marker is gone");
     verify_clean(store, false);
     verify_clean(store, true);
     for l in known.iter().filter(|l| listed.contains(&l.id)) {
@@ -172,6 +173,7 @@ fn failpoint_case(fp: &str) {
     cs_json(&store, &["ingest", a.arg()]);
     let packs_a = pack_files(&store);
     assert_eq!(packs_a, 1);
+    assert!(!store.join("unsettled").exists(), "a clean close removes the unsettled marker");
 
     let o = Command::new(bin())
         .arg("--store")
@@ -184,8 +186,10 @@ fn failpoint_case(fp: &str) {
     assert_eq!(o.status.signal(), Some(SIGABRT), "{fp}: {:?}\n{stderr}", o.status);
     assert!(stderr.contains(&format!("failpoint {fp}")), "{stderr}");
     assert!(!String::from_utf8_lossy(&o.stdout).contains(&b.id), "nothing is printed before the abort");
-    // Every failpoint fires after B's one pack was published.
+    // Every failpoint fires after B's one pack was published, and the
+    // marker that makes the next open look for orphans came first.
     assert_eq!(pack_files(&store), packs_a + 1, "{fp}: B's pack is on disk before the reopen");
+    assert!(store.join("unsettled").exists(), "{fp}: no unsettled marker after the abort");
 
     let listed = check_store(&store, &[&a, &b]);
     let committed = fp == "after-commit";
