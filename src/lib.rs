@@ -46,6 +46,8 @@ mod input;
 mod layermap;
 mod layerobj;
 mod pack;
+#[cfg(feature = "client")]
+mod partial;
 mod possession;
 mod recipe;
 mod reindex;

@@ -306,6 +306,9 @@ pub struct PullSummary {
     pub fetched_chunks: u64,
     /// Response bytes received from the hub.
     pub wire_bytes: u64,
+    /// Bytes of the dedup tarball an interrupted earlier pull had received,
+    /// read back from disk instead of fetched again.
+    pub resumed_bytes: u64,
     /// The layer as recorded here.
     pub ingest: Option<IngestSummary>,
     /// Whether the hub was told (not without a token: an anonymous pull from
@@ -376,6 +379,7 @@ impl Store {
             already_present: false,
             fetched_chunks: 0,
             wire_bytes: 0,
+            resumed_bytes: 0,
             ingest: None,
             acknowledged: false,
             seconds: 0.0,
@@ -386,7 +390,7 @@ impl Store {
         if self.layer(layer)?.is_some() {
             s.already_present = true;
         } else if opts.via == Via::Dedup && !anonymous {
-            match self.pull_dedup(hub, client, layer, opts, &wire) {
+            match self.pull_dedup(hub, client, layer, opts, &wire, &mut s.resumed_bytes) {
                 Ok(Some(summary)) => s.ingest = Some(summary),
                 Ok(None) => {
                     // The hub's map was stale: fetch what is missing, then tell it the truth.
@@ -413,6 +417,8 @@ impl Store {
             s.fetched_chunks = n;
             s.ingest = Some(summary);
         }
+        // However it came, kept bytes of its dedup tarball are of no more use.
+        crate::partial::Partial::new(&self.dir, client, layer).remove();
         if anonymous {
             s.via = Via::Chunks;
         } else {
@@ -424,7 +430,10 @@ impl Store {
         Ok(s)
     }
 
-    /// `Ok(None)` when the tarball referenced data this store lacks.
+    /// `Ok(None)` when the tarball referenced data this store lacks. What
+    /// arrives is kept (`partial`) until the pull ends, so that a pull killed
+    /// midway fetches only the rest when run again; `resumed` is set to the
+    /// bytes it did not fetch again.
     fn pull_dedup(
         &self,
         hub: &Remote,
@@ -432,11 +441,46 @@ impl Store {
         layer: &LayerId,
         opts: &TransferOptions,
         wire: &WireCounter,
+        resumed: &mut u64,
     ) -> Result<Option<IngestSummary>> {
         let what = format!("fetching the dedup tarball of {layer}");
-        let resp = hub.send(&what, || hub.http.get(hub.url(&format!("/clients/{client}/layers/{layer}/dedup"))))?;
-        let reader = CountingRead { inner: resp, wire, progress: opts.progress.clone() };
-        match self.apply(reader, &IngestOptions::default())? {
+        let url = hub.url(&format!("/clients/{client}/layers/{layer}/dedup"));
+        let partial = crate::partial::Partial::new(&self.dir, client, layer);
+        let mut resp = None;
+        if let Some((n, hash)) = partial.held()? {
+            match hub.send(&what, || hub.http.get(format!("{url}?offset={n}"))) {
+                Ok(r) => {
+                    let prefix = r.headers().get(transfer::PREFIX_HEADER).and_then(|v| v.to_str().ok());
+                    if prefix == Some(hash.as_str()) {
+                        tracing::info!(bytes = n, "resuming the dedup tarball");
+                        *resumed = n;
+                        resp = Some(r);
+                    } else {
+                        tracing::info!("the hub's dedup tarball is not the one begun earlier: starting over");
+                    }
+                }
+                // The hub cannot regenerate that much: its tarball changed.
+                Err(e) if e.kind() == ErrorKind::InvalidInput => {
+                    tracing::info!(error = %e, "cannot resume the dedup tarball: starting over");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let resp = match resp {
+            Some(r) => r,
+            None => hub.send(&what, || hub.http.get(&url))?,
+        };
+        let (kept, out) = partial.start(*resumed)?;
+        let fetched = CountingRead { inner: resp, wire, progress: opts.progress.clone() };
+        let reader = kept.chain(crate::partial::Tee { inner: fetched, out: Some(out) });
+        let outcome = self.apply(reader, &IngestOptions::default()).inspect_err(|e| {
+            // Only a broken transfer is worth resuming.
+            if !transient(e) {
+                partial.remove();
+            }
+        })?;
+        partial.remove();
+        match outcome {
             ApplyOutcome::Applied(s) => Ok(Some(s)),
             ApplyOutcome::Missing { .. } => Ok(None),
         }

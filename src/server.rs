@@ -45,6 +45,9 @@ struct App {
     /// Test hook: `CHUNKSTORE_TEST_CORRUPT_CHUNKS=1` flips a byte of every
     /// chunk served, so tests can check that pullers refuse wrong bytes.
     corrupt: bool,
+    /// Test hook: `CHUNKSTORE_TEST_STREAM_DELAY_MS=N` sleeps N ms after each
+    /// 256 KiB of a streamed body, so tests can interrupt a transfer midway.
+    stream_delay: Option<Duration>,
 }
 
 /// An error response: `{"error": {"code": "...", "message": "..."}}`.
@@ -130,6 +133,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> crate::Result<T> + Send
 struct ChannelWriter {
     tx: mpsc::Sender<std::io::Result<Bytes>>,
     buf: Vec<u8>,
+    delay: Option<Duration>,
 }
 
 impl Write for ChannelWriter {
@@ -144,6 +148,9 @@ impl Write for ChannelWriter {
         if !self.buf.is_empty() {
             let chunk = Bytes::from(std::mem::take(&mut self.buf));
             self.tx.blocking_send(Ok(chunk)).map_err(|_| std::io::Error::other("client went away"))?;
+            if let Some(d) = self.delay {
+                std::thread::sleep(d);
+            }
         }
         Ok(())
     }
@@ -151,12 +158,13 @@ impl Write for ChannelWriter {
 
 /// Stream what `produce` writes as the response body.
 fn stream_body(
+    delay: Option<Duration>,
     content_type: &'static str,
     produce: impl FnOnce(&mut ChannelWriter) -> crate::Result<()> + Send + 'static,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
     tokio::task::spawn_blocking(move || {
-        let mut w = ChannelWriter { tx: tx.clone(), buf: Vec::new() };
+        let mut w = ChannelWriter { tx: tx.clone(), buf: Vec::new(), delay };
         let r = produce(&mut w).and_then(|_| w.flush().map_err(|e| Error::io("streaming", e)));
         if let Err(e) = r {
             tracing::warn!(error = %e, "stream aborted");
@@ -207,7 +215,7 @@ async fn fetch_chunks(State(app): State<Arc<App>>, h: HeaderMap, body: Bytes) ->
     }
     let store = app.store.clone();
     let corrupt = app.corrupt;
-    Ok(stream_body("application/vnd.chunkstore.chunks.v1", move |w| {
+    Ok(stream_body(app.stream_delay, "application/vnd.chunkstore.chunks.v1", move |w| {
         if corrupt {
             let mut v = Vec::new();
             store.write_chunk_batch(&ids, &mut v)?;
@@ -261,10 +269,53 @@ async fn commit_layer(
     Ok(Json(summary).into_response())
 }
 
+#[derive(serde::Deserialize)]
+struct DedupQuery {
+    /// Resume: send the tarball from this byte on (see [`transfer::PREFIX_HEADER`]).
+    #[serde(default)]
+    offset: u64,
+}
+
+/// A `Write` that drops the first `left` bytes, hashing them, then passes the
+/// rest on. The hash goes to `done` once the prefix is complete.
+struct SkipPrefix<W> {
+    inner: W,
+    left: u64,
+    hash: blake3::Hasher,
+    done: Option<tokio::sync::oneshot::Sender<String>>,
+}
+
+impl<W: Write> SkipPrefix<W> {
+    fn finish_prefix(&mut self) {
+        if self.left == 0 {
+            if let Some(tx) = self.done.take() {
+                let _ = tx.send(self.hash.finalize().to_hex().to_string());
+            }
+        }
+    }
+}
+
+impl<W: Write> Write for SkipPrefix<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let skip = (self.left.min(b.len() as u64)) as usize;
+        if skip > 0 {
+            self.hash.update(&b[..skip]);
+            self.left -= skip as u64;
+            self.finish_prefix();
+        }
+        self.inner.write_all(&b[skip..])?;
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 async fn dedup_tar(
     State(app): State<Arc<App>>,
     h: HeaderMap,
     Path((client, layer)): Path<(String, String)>,
+    axum::extract::Query(q): axum::extract::Query<DedupQuery>,
 ) -> ApiResult<Response> {
     let client = client_id(&client)?;
     app.authorize(&h, Scope::Pull, Some(&client), false)?;
@@ -279,9 +330,32 @@ async fn dedup_tar(
     })
     .await?;
     let store = app.store.clone();
-    Ok(stream_body("application/vnd.chunkstore.dedup-tar.v1+zstd", move |w| {
-        store.write_dedup_tar(&diff, w).map(|_| ())
-    }))
+    let (prefix_tx, prefix_rx) = tokio::sync::oneshot::channel();
+    let offset = q.offset;
+    let mut response = stream_body(app.stream_delay, "application/vnd.chunkstore.dedup-tar.v1+zstd", move |w| {
+        // The tarball is the same for the same diff (zstdmt output does not
+        // depend on timing or thread count), so a resume regenerates it and
+        // leaves out what the edge already has.
+        let mut w = SkipPrefix { inner: w, left: offset, hash: blake3::Hasher::new(), done: Some(prefix_tx) };
+        w.finish_prefix();
+        store.write_dedup_tar(&diff, &mut w).map(|_| ())
+    });
+    if offset > 0 {
+        // The stream ended (or failed) before the offset: nothing to resume from.
+        let prefix = prefix_rx.await.map_err(|_| {
+            ApiError(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "BAD_OFFSET",
+                format!(
+                    "cannot regenerate the first {offset} bytes of the dedup tarball of {layer} for {client} \
+                     (it is shorter, or failed: see the hub's log)"
+                ),
+            )
+        })?;
+        let v = header::HeaderValue::from_str(&prefix).expect("hex is a valid header value");
+        response.headers_mut().insert(transfer::PREFIX_HEADER, v);
+    }
+    Ok(response)
 }
 
 #[derive(serde::Deserialize)]
@@ -351,7 +425,9 @@ pub fn router(store: Arc<Store>, opts: ServeOptions) -> crate::Result<Router> {
     let tokens = store.token_verifier()?;
     let corrupt = std::env::var("CHUNKSTORE_TEST_CORRUPT_CHUNKS").is_ok_and(|v| v == "1");
     let timeout = opts.timeout;
-    let app = Arc::new(App { store, tokens, opts, corrupt });
+    let stream_delay =
+        std::env::var("CHUNKSTORE_TEST_STREAM_DELAY_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis);
+    let app = Arc::new(App { store, tokens, opts, corrupt, stream_delay });
     let api = Router::new()
         .route("/", get(root))
         .route("/layers", get(list_layers))

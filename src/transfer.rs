@@ -12,6 +12,11 @@ use redb::ReadableTable;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 
+/// Response header of a resumed dedup tarball (`GET …/dedup?offset=N`): the
+/// BLAKE3 (hex) of the N bytes of the tarball the response leaves out.
+#[cfg(any(feature = "client", feature = "server"))]
+pub(crate) const PREFIX_HEADER: &str = "chunkstore-prefix-blake3";
+
 const BUNDLE_MAGIC: &[u8; 8] = b"CSBUNDL1";
 /// Most chunks one batch request may name.
 pub const MAX_BATCH: usize = 1024;

@@ -627,6 +627,68 @@ fn killed_pull_resumes() {
     assert!(hub.stop().success());
 }
 
+/// Bytes kept in `edge/partial/` by interrupted dedup pulls.
+fn partial_bytes(edge: &Path) -> u64 {
+    let Ok(d) = std::fs::read_dir(edge.join("partial")) else { return 0 };
+    d.map(|f| f.unwrap().metadata().unwrap().len()).sum()
+}
+
+/// Issue 5: a dedup pull (the default) killed midway keeps the part of the
+/// tarball it received; run again, the hub regenerates the tarball, proves
+/// the part it leaves out is that part, and sends only the rest. Kept bytes
+/// that do not match what the hub would send are dropped: the pull starts over.
+#[test]
+fn killed_dedup_pull_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (hub_store, edge) = (d.join("hub"), d.join("edge"));
+    let l = noise_layer(d, "big", 6 << 20, 41);
+    l.ingest(&hub_store);
+    let l2 = noise_layer(d, "other", 1 << 20, 42);
+    l2.ingest(&hub_store);
+    // 256 KiB of stream every 40 ms: the whole tarball takes about a second.
+    let hub = Hub::start(&hub_store, &[], &[("CHUNKSTORE_TEST_STREAM_DELAY_MS", "40")]);
+    let t = token(&hub_store, "edge-d", "pull", "1h");
+    // An uninterrupted pull by a client holding the same (nothing), its name as
+    // long (the tarball carries it): the whole tarball.
+    let tr = token(&hub_store, "edge-r", "pull", "1h");
+    let full = pull(&d.join("ref"), &hub, "edge-r", &tr, &l.id, &[])["wire_bytes"].as_u64().unwrap();
+
+    let url = hub.url();
+    let args = ["--json", "pull", "--hub", &url, "--client", "edge-d", "--token", &t, &l.id];
+    let mut p = Guard(Some(command(&edge, &args, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()));
+    let started = Instant::now();
+    while partial_bytes(&edge) < 2 << 20 {
+        if let Some(s) = p.try_wait() {
+            panic!("the pull ended ({s}) before it had received 2 MiB");
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no 2 MiB kept after 60 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    p.kill();
+    assert!(layer_ids(&edge).is_empty(), "a killed pull recorded the layer");
+    let kept = partial_bytes(&edge);
+    assert!(kept >= 2 << 20, "{kept} bytes kept");
+
+    let s = pull(&edge, &hub, "edge-d", &t, &l.id, &[]);
+    assert_eq!((s["via"].as_str(), s["fell_back"].as_bool()), (Some("dedup"), Some(false)), "{s}");
+    assert_eq!(s["resumed_bytes"].as_u64(), Some(kept), "{s}");
+    assert_eq!(s["wire_bytes"].as_u64(), Some(full - kept), "only the rest crossed the network: {s}");
+    assert_exact(&edge, &l);
+    assert_eq!(partial_bytes(&edge), 0, "the kept bytes outlived the pull");
+    assert_eq!(map_of(&hub, "edge-d", &t), set(&[&l.id]));
+
+    // Kept bytes the hub's tarball does not begin with are not used.
+    let junk = edge.join("partial").join(format!("dedup-edge-d-{}", &l2.id[7..]));
+    std::fs::create_dir_all(junk.parent().unwrap()).unwrap();
+    std::fs::write(&junk, noise(300_000, 43)).unwrap();
+    let s = pull(&edge, &hub, "edge-d", &t, &l2.id, &[]);
+    assert_eq!((s["via"].as_str(), s["resumed_bytes"].as_u64()), (Some("dedup"), Some(0)), "{s}");
+    assert_exact(&edge, &l2);
+    assert!(!junk.exists(), "unusable kept bytes were left behind");
+    assert!(hub.stop().success());
+}
+
 /// Issue 5: the hub is killed mid-pull and restarted on the same port with
 /// the same store; the pull rides it out with retries (or fails cleanly,
 /// and a rerun succeeds). Either way the edge ends up exact.

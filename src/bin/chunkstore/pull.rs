@@ -56,11 +56,16 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     } else {
         let size = s.ingest.as_ref().map_or(0, |i| i.layer.tar_size);
         println!(
-            "{layer}: pulled via {:?}{} in {:.2} s: {} received for a {} layer ({} chunks fetched)",
+            "{layer}: pulled via {:?}{} in {:.2} s: {} received{} for a {} layer ({} chunks fetched)",
             s.via,
             if s.fell_back { " (fell back)" } else { "" },
             s.seconds,
             output::bytes(s.wire_bytes),
+            if s.resumed_bytes > 0 {
+                format!(" (resumed after {} kept from an interrupted pull)", output::bytes(s.resumed_bytes))
+            } else {
+                String::new()
+            },
             output::bytes(size),
             s.fetched_chunks
         );
