@@ -172,6 +172,7 @@ impl Store {
             };
             let walked = self.walk(reader, counter.clone(), |b| tx.send(b).is_ok());
             drop(tx);
+            tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "ingest: tar walked");
             let written = writer.join().unwrap_or_else(|_| {
                 // What it published is not known here: leave it to the next open.
                 self.unsettled.keep();
@@ -209,6 +210,7 @@ impl Store {
             contents: std::mem::take(&mut written.contents),
             recipe: std::mem::take(&mut written.recipe),
         };
+        tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "ingest: packs sealed");
         failpoint::hit("before-commit");
         let summary = self.commit(walked, &written, counter.load(std::sync::atomic::Ordering::Relaxed), started)?;
         failpoint::hit("after-commit");
@@ -718,10 +720,13 @@ impl Store {
                 tx.open_table(BLOBS)?.insert(&b.as_bytes()[..], key)?;
             }
         }
+        tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "ingest: index rows written");
         // The layer object goes to the backend before the index names the layer.
         self.publish_layer(&tx, &info.id, already_present, new_blob, &w.packs)?;
         // On failure the packs and layer object stay: the next open reclaims them.
+        tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "ingest: layer object stored");
         tx.commit().inspect_err(|_| self.unsettled.keep())?;
+        tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "ingest: committed");
         Ok(IngestSummary {
             layer: info,
             already_present,

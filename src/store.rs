@@ -96,6 +96,7 @@ impl Store {
     /// store made before they existed lacks, and rebuilds an empty index from
     /// the backend's layer objects if there are any.
     pub fn open_with(dir: impl AsRef<Path>, mut opts: StoreOptions) -> Result<Store> {
+        let started = std::time::Instant::now();
         let dir = dir.as_ref().to_path_buf();
         let mkdir =
             |p: &Path| std::fs::create_dir_all(p).map_err(|e| Error::io(format!("creating {}", p.display()), e));
@@ -148,7 +149,9 @@ impl Store {
             // after a writer that did not finish (see `unsettled`).
             let found = store.unsettled.found() || fresh;
             if found {
-                tracing::info!("the last writer did not finish: reclaiming what the index does not name");
+                if store.unsettled.found() {
+                    tracing::info!("the last writer did not finish: reclaiming what the index does not name");
+                }
                 store.reclaim()?;
             } else {
                 store.number_packs_past_index()?;
@@ -164,6 +167,7 @@ impl Store {
         if !store.opts.read_only && store.backend.is_shared() {
             store.number_packs_past_backend()?;
         }
+        tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "store opened");
         Ok(store)
     }
 
