@@ -46,6 +46,12 @@ fn transient(e: &Error) -> bool {
 impl Remote {
     /// A hub at `url` (e.g. `http://127.0.0.1:7300`), with an optional bearer token.
     pub fn new(url: &str, token: Option<String>) -> Result<Self> {
+        Self::with_roots(url, token, None)
+    }
+
+    /// [`Remote::new`], also trusting the CA certificates of `ca_pem` (a PEM
+    /// bundle) for an `https://` hub, beside the system's.
+    pub fn with_roots(url: &str, token: Option<String>, ca_pem: Option<&[u8]>) -> Result<Self> {
         let base = url.trim_end_matches('/');
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Error::invalid(format!("hub URL {url:?} must start with http:// or https://")));
@@ -57,12 +63,18 @@ impl Remote {
         // rustls needs a process-wide crypto provider (ring, which the S3
         // client builds anyway); an error only means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        if base.starts_with("http://") {
-            // A plain-HTTP hub needs no TLS, but the default backend (OpenSSL,
-            // via native-tls, when the s3 feature is on) loads the system CA
-            // bundle as the client is built: 40-70 ms of every pull and push.
-            // rustls loads its roots only when a TLS connection is verified.
-            builder = builder.tls_backend_rustls();
+        // rustls, not the default backend (OpenSSL via native-tls when the s3
+        // feature is on), which loads the system CA bundle as the client is
+        // built: 40-70 ms of every pull and push, even of a plain-HTTP hub.
+        // rustls loads roots only when a TLS connection is verified.
+        builder = builder.tls_backend_rustls();
+        if let Some(pem) = ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| Error::new(ErrorKind::Config, format!("reading CA certificates: {e}")))?;
+            if certs.is_empty() {
+                return Err(Error::new(ErrorKind::Config, "no PEM certificate in the CA file"));
+            }
+            builder = builder.tls_certs_merge(certs);
         }
         let http = builder.build().map_err(|e| Error::io("HTTP client", std::io::Error::other(e)))?;
         Ok(Remote { base: format!("{base}/v2/_chunkstore"), token, http, attempts: 6 })
@@ -86,7 +98,7 @@ impl Remote {
                 rb = rb.bearer_auth(t);
             }
             let r: Result<()> = match rb.send() {
-                Err(e) => Err(Error::io(format!("{what}: cannot reach the hub"), std::io::Error::other(e))),
+                Err(e) => Err(request_error(what, e)),
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) => Err(http_error(what, resp)),
             };
@@ -215,6 +227,35 @@ fn placeholder_info() -> LayerInfo {
         chunks: 0,
         ingested_at: 0,
     }
+}
+
+/// A request that got no response. A TLS failure (an untrusted certificate,
+/// say) is not worth retrying and says how to fix it; anything else may pass.
+fn request_error(what: &str, e: reqwest::Error) -> Error {
+    if let Some(tls) = find_tls_error(&e) {
+        return Error::new(
+            ErrorKind::Config,
+            format!(
+                "{what}: TLS with the hub failed: {tls} \
+                 (for a certificate a private CA signed, pass the CA with --ca-cert)"
+            ),
+        );
+    }
+    Error::io(format!("{what}: cannot reach the hub"), std::io::Error::other(e))
+}
+
+/// The rustls error somewhere in `e`'s chain. An io::Error's `source()`
+/// skips the error it wraps (and hyper wraps io::Errors in io::Errors), so
+/// each one is looked into as well.
+fn find_tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(t) = e.downcast_ref::<rustls::Error>() {
+        return Some(t);
+    }
+    let wrapped = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+    if let Some(t) = wrapped.and_then(|w| find_tls_error(w)) {
+        return Some(t);
+    }
+    e.source().and_then(find_tls_error)
 }
 
 fn http_error(what: &str, resp: reqwest::blocking::Response) -> Error {

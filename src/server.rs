@@ -30,11 +30,22 @@ pub struct ServeOptions {
     pub public_read: bool,
     /// Per-request time limit until the response starts.
     pub timeout: Duration,
+    /// Serve HTTPS with this certificate chain and private key (PEM files).
+    pub tls: Option<TlsFiles>,
+}
+
+/// A PEM certificate chain and its private key (PKCS#8, PKCS#1 or SEC1).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The server's certificate, then any intermediates.
+    pub cert: std::path::PathBuf,
+    /// Its private key.
+    pub key: std::path::PathBuf,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
-        ServeOptions { public_read: false, timeout: Duration::from_secs(120) }
+        ServeOptions { public_read: false, timeout: Duration::from_secs(120), tls: None }
     }
 }
 
@@ -469,19 +480,60 @@ pub fn serve(
         .build()
         .map_err(|e| Error::io("starting the runtime", e))?;
     rt.block_on(async move {
+        let tls = opts.tls.clone();
         let app = router(store, opts)?;
-        let listener =
-            tokio::net::TcpListener::bind(addr).await.map_err(|e| Error::io(format!("binding {addr}"), e))?;
-        let local = listener.local_addr().map_err(|e| Error::io("local address", e))?;
-        tracing::info!(%local, "listening");
-        on_ready(local);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .map_err(|e| Error::io("serving", e))?;
+        match tls {
+            None => {
+                let listener =
+                    tokio::net::TcpListener::bind(addr).await.map_err(|e| Error::io(format!("binding {addr}"), e))?;
+                let local = listener.local_addr().map_err(|e| Error::io("local address", e))?;
+                tracing::info!(%local, "listening");
+                on_ready(local);
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown_signal())
+                    .await
+                    .map_err(|e| Error::io("serving", e))?;
+            }
+            Some(files) => serve_tls(app, addr, &files, on_ready).await?,
+        }
         tracing::info!("shut down");
         Ok(())
     })
+}
+
+/// [`serve`] over HTTPS (rustls, with ring as its crypto provider).
+async fn serve_tls(
+    app: Router,
+    addr: SocketAddr,
+    files: &TlsFiles,
+    on_ready: impl FnOnce(SocketAddr),
+) -> crate::Result<()> {
+    // An error only means a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key).await.map_err(|e| {
+        Error::new(
+            ErrorKind::Config,
+            format!("loading the TLS certificate {} and key {}: {e}", files.cert.display(), files.key.display()),
+        )
+    })?;
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| Error::io(format!("binding {addr}"), e))?;
+    listener.set_nonblocking(true).map_err(|e| Error::io("listening", e))?;
+    let local = listener.local_addr().map_err(|e| Error::io("local address", e))?;
+    let handle = axum_server::Handle::new();
+    let stop = handle.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        // In-flight requests get as long as one may take to start answering.
+        stop.graceful_shutdown(None);
+    });
+    tracing::info!(%local, "listening (TLS)");
+    on_ready(local);
+    axum_server::from_tcp_rustls(listener, config)
+        .map_err(|e| Error::io("listening", e))?
+        .handle(handle)
+        .serve(app.into_make_service())
+        .await
+        .map_err(|e| Error::io("serving", e))
 }
 
 async fn shutdown_signal() {

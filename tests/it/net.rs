@@ -18,14 +18,14 @@ use std::time::{Duration, Instant};
 // ---------------------------------------------------------------- fixtures
 
 /// A layer tar (GNU headers, fixed mode and mtime) written to `dir/name.tar`.
-struct Layer {
+pub(crate) struct Layer {
     path: PathBuf,
-    bytes: Vec<u8>,
-    id: String,
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) id: String,
 }
 
 impl Layer {
-    fn new(dir: &Path, name: &str, files: &[(&str, &[u8])]) -> Layer {
+    pub(crate) fn new(dir: &Path, name: &str, files: &[(&str, &[u8])]) -> Layer {
         let mut b = tar::Builder::new(Vec::new());
         for (p, data) in files {
             let mut h = tar::Header::new_gnu();
@@ -46,7 +46,7 @@ impl Layer {
     }
 
     /// Ingest into `store` (not serving); returns the ingest summary.
-    fn ingest(&self, store: &Path) -> Value {
+    pub(crate) fn ingest(&self, store: &Path) -> Value {
         let v = cs_json(store, &["ingest", self.path.to_str().unwrap()]);
         assert_eq!(v[0]["id"], self.id.as_str(), "{v}");
         v[0].clone()
@@ -56,9 +56,11 @@ impl Layer {
 // ---------------------------------------------------------------- processes
 
 /// `chunkstore --store STORE ARGS...` with `envs`, and no CHUNKSTORE_* from ours.
-fn command(store: &Path, args: &[&str], envs: &[(&str, &str)]) -> Command {
+pub(crate) fn command(store: &Path, args: &[&str], envs: &[(&str, &str)]) -> Command {
     let mut c = Command::new(bin());
-    c.env_remove("CHUNKSTORE_TOKEN").env_remove("CHUNKSTORE_HUB").env_remove("CHUNKSTORE_TEST_CORRUPT_CHUNKS");
+    for v in ["CHUNKSTORE_TOKEN", "CHUNKSTORE_HUB", "CHUNKSTORE_CA_CERT", "CHUNKSTORE_TEST_CORRUPT_CHUNKS"] {
+        c.env_remove(v);
+    }
     c.envs(envs.iter().copied()).arg("--store").arg(store).args(args);
     c
 }
@@ -72,7 +74,7 @@ fn text(b: &[u8]) -> String {
 }
 
 /// Run with `--json`, require success, parse stdout.
-fn run_json(store: &Path, args: &[&str], envs: &[(&str, &str)]) -> Value {
+pub(crate) fn run_json(store: &Path, args: &[&str], envs: &[(&str, &str)]) -> Value {
     let mut a = vec!["--json"];
     a.extend_from_slice(args);
     let o = run(store, &a, envs);
@@ -85,7 +87,7 @@ fn cs_json(store: &Path, args: &[&str]) -> Value {
 }
 
 /// Run expecting failure: exit 1, no panic; returns stderr.
-fn run_fails(store: &Path, args: &[&str], envs: &[(&str, &str)]) -> String {
+pub(crate) fn run_fails(store: &Path, args: &[&str], envs: &[(&str, &str)]) -> String {
     let o = run(store, args, envs);
     let err = text(&o.stderr);
     assert_eq!(
@@ -135,16 +137,18 @@ impl Drop for Guard {
 }
 
 /// A running `chunkstore serve`; killed on drop, [`Hub::stop`]ped with SIGTERM.
-struct Hub {
+pub(crate) struct Hub {
     proc: Guard,
     /// `127.0.0.1:PORT`
     addr: String,
+    /// `http` or `https`
+    scheme: String,
     log: PathBuf,
 }
 
 impl Hub {
     /// Serve `store` on an ephemeral port.
-    fn start(store: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Hub {
+    pub(crate) fn start(store: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Hub {
         Self::start_on(store, "127.0.0.1:0", extra, envs).expect("starting the hub")
     }
 
@@ -174,13 +178,16 @@ impl Hub {
             let _ = tx.send(line);
         });
         let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
-        let addr = if json {
-            serde_json::from_str::<Value>(&line).ok().and_then(|v| v["listening"].as_str().map(str::to_string))
+        let url = if json {
+            serde_json::from_str::<Value>(&line).ok().and_then(|v| v["url"].as_str().map(str::to_string))
         } else {
-            line.trim().strip_prefix("listening on http://").map(str::to_string)
+            line.trim().strip_prefix("listening on ").map(str::to_string)
         };
-        match addr {
-            Some(addr) if addr.starts_with("127.0.0.1:") && !addr.ends_with(":0") => Ok(Hub { proc, addr, log }),
+        let parsed = url.as_deref().and_then(|u| u.split_once("://")).map(|(s, a)| (s.to_string(), a.to_string()));
+        match parsed {
+            Some((scheme, addr)) if addr.starts_with("127.0.0.1:") && !addr.ends_with(":0") => {
+                Ok(Hub { proc, addr, scheme, log })
+            }
             _ => {
                 proc.kill();
                 Err(format!("serve printed {line:?}; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()))
@@ -188,12 +195,12 @@ impl Hub {
         }
     }
 
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
+    pub(crate) fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     fn api(&self, path: &str) -> String {
-        format!("http://{}/v2/_chunkstore{path}", self.addr)
+        format!("{}/v2/_chunkstore{path}", self.url())
     }
 
     /// SIGKILL, as a crash would.
@@ -202,7 +209,7 @@ impl Hub {
     }
 
     /// SIGTERM; the exit status once it has shut down.
-    fn stop(mut self) -> ExitStatus {
+    pub(crate) fn stop(mut self) -> ExitStatus {
         let pid = self.proc.pid().to_string();
         let k = Command::new("kill").args(["-TERM", &pid]).status().expect("running kill");
         assert!(k.success());
@@ -223,7 +230,7 @@ impl Hub {
 }
 
 /// `token issue` on the hub's store (works while it serves).
-fn token(hub_store: &Path, client: &str, scope: &str, ttl: &str) -> String {
+pub(crate) fn token(hub_store: &Path, client: &str, scope: &str, ttl: &str) -> String {
     let o = run(hub_store, &["token", "issue", "--client", client, "--scope", scope, "--ttl", ttl], &[]);
     assert!(o.status.success(), "token issue: {}", text(&o.stderr));
     let t = text(&o.stdout).trim().to_string();
@@ -232,7 +239,7 @@ fn token(hub_store: &Path, client: &str, scope: &str, ttl: &str) -> String {
 }
 
 /// `pull --json` of `layer` into `edge` as `client`, with `extra` flags.
-fn pull(edge: &Path, hub: &Hub, client: &str, tok: &str, layer: &str, extra: &[&str]) -> Value {
+pub(crate) fn pull(edge: &Path, hub: &Hub, client: &str, tok: &str, layer: &str, extra: &[&str]) -> Value {
     let url = hub.url();
     let mut args = vec!["pull", "--hub", &url, "--client", client, "--token", tok];
     args.extend_from_slice(extra);
@@ -244,7 +251,7 @@ fn pull(edge: &Path, hub: &Hub, client: &str, tok: &str, layer: &str, extra: &[&
 }
 
 /// Export from `edge` and require the original bytes; verify clean.
-fn assert_exact(edge: &Path, layer: &Layer) {
+pub(crate) fn assert_exact(edge: &Path, layer: &Layer) {
     let o = run(edge, &["export", &layer.id, "-o", "-"], &[]);
     assert!(o.status.success(), "export {}: {}", layer.id, text(&o.stderr));
     // Byte for byte (the layer's id is the sha256 of these bytes).
@@ -557,7 +564,7 @@ fn thirty_two_clients_at_once() {
 }
 
 /// A layer of `n` bytes of noise in one file: ~n/80 KiB chunks, all stored raw.
-fn noise_layer(d: &Path, name: &str, n: usize, seed: u64) -> Layer {
+pub(crate) fn noise_layer(d: &Path, name: &str, n: usize, seed: u64) -> Layer {
     Layer::new(d, name, &[(&format!("{name}.bin"), &noise(n, seed))])
 }
 

@@ -4,6 +4,7 @@ mod apply;
 mod client;
 mod diff;
 mod export;
+mod hub;
 mod ingest;
 mod ls;
 mod output;

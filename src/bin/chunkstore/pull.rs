@@ -1,21 +1,18 @@
 //! `chunkstore pull --hub URL --client NAME LAYER`
 
+use crate::hub::HubArgs;
 use crate::{output, Ctx, Outcome};
 use anyhow::Result;
-use chunkstore::{ClientId, Remote, TransferOptions, Via};
+use chunkstore::{ClientId, TransferOptions, Via};
 
 /// Pull a layer from a hub into this (edge) store
 #[derive(clap::Args)]
 pub struct Args {
-    /// The hub's base URL, e.g. http://hub:7300
-    #[arg(long, env = "CHUNKSTORE_HUB")]
-    hub: String,
+    #[command(flatten)]
+    hub: HubArgs,
     /// This edge's client name on the hub
     #[arg(long)]
     client: String,
-    /// Bearer token (pull scope for this client)
-    #[arg(long, env = "CHUNKSTORE_TOKEN", hide_env_values = true)]
-    token: Option<String>,
     /// dedup: the hub's dedup tarball for this client; chunks: only the chunks this store lacks
     #[arg(long, default_value = "dedup", value_parser = ["dedup", "chunks"])]
     via: String,
@@ -37,7 +34,7 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     let store = ctx.open()?;
-    let hub = Remote::new(&args.hub, args.token)?;
+    let hub = args.hub.connect()?;
     let client = ClientId::new(&args.client)?;
     let layer = hub.resolve_layer(&args.layer)?;
     let via = if args.via == "chunks" { Via::Chunks } else { Via::Dedup };

@@ -1,18 +1,15 @@
 //! `chunkstore push --hub URL LAYER`
 
+use crate::hub::HubArgs;
 use crate::{output, Ctx, Outcome};
 use anyhow::Result;
-use chunkstore::{Remote, TransferOptions};
+use chunkstore::TransferOptions;
 
 /// Upload a layer this store holds to a hub (only the chunks it lacks)
 #[derive(clap::Args)]
 pub struct Args {
-    /// The hub's base URL, e.g. http://hub:7300
-    #[arg(long, env = "CHUNKSTORE_HUB")]
-    hub: String,
-    /// Bearer token (push scope)
-    #[arg(long, env = "CHUNKSTORE_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    hub: HubArgs,
     /// Requests in flight at once
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
@@ -26,7 +23,7 @@ pub struct Args {
 pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     let store = ctx.open()?;
     let layer = store.resolve_layer(&args.layer)?;
-    let hub = Remote::new(&args.hub, args.token)?;
+    let hub = args.hub.connect()?;
     let opts = TransferOptions { concurrency: args.concurrency, batch: args.batch, ..Default::default() };
     let s = store.push(&hub, &layer, &opts)?;
     if ctx.json {

@@ -2,9 +2,10 @@
 
 use crate::{Ctx, Outcome};
 use anyhow::{Context, Result};
-use chunkstore::server::{self, ServeOptions};
+use chunkstore::server::{self, ServeOptions, TlsFiles};
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,12 @@ pub struct Args {
     /// Seconds a request may take before its response starts
     #[arg(long, default_value_t = 120)]
     timeout: u64,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key)
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
@@ -27,14 +34,20 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=info"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     let store = Arc::new(ctx.open()?);
-    let opts = ServeOptions { public_read: args.public_read, timeout: Duration::from_secs(args.timeout) };
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let opts = ServeOptions { public_read: args.public_read, timeout: Duration::from_secs(args.timeout), tls };
     let json = ctx.json;
     server::serve(store, args.listen, opts, |addr| {
         let mut out = std::io::stdout().lock();
         if json {
-            let _ = writeln!(out, "{}", serde_json::json!({ "listening": addr.to_string() }));
+            let url = format!("{scheme}://{addr}");
+            let _ = writeln!(out, "{}", serde_json::json!({ "listening": addr.to_string(), "url": url }));
         } else {
-            let _ = writeln!(out, "listening on http://{addr}");
+            let _ = writeln!(out, "listening on {scheme}://{addr}");
         }
         let _ = out.flush();
     })
