@@ -4,10 +4,12 @@
 mod bad_input;
 mod common;
 mod crash;
-mod dedup;
+pub(crate) mod dedup;
+mod dedup_hostile;
 mod delta;
 mod golden;
 pub(crate) mod net;
+mod net_resume;
 mod props;
 mod roundtrip;
 mod s3;

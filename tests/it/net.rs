@@ -69,7 +69,7 @@ fn run(store: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
     command(store, args, envs).output().expect("running chunkstore")
 }
 
-fn text(b: &[u8]) -> String {
+pub(crate) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
@@ -101,19 +101,19 @@ pub(crate) fn run_fails(store: &Path, args: &[&str], envs: &[(&str, &str)]) -> S
 }
 
 /// A child process killed (SIGKILL) and reaped when dropped.
-struct Guard(Option<Child>);
+pub(crate) struct Guard(pub(crate) Option<Child>);
 
 impl Guard {
     fn pid(&self) -> u32 {
         self.0.as_ref().expect("running").id()
     }
 
-    fn try_wait(&mut self) -> Option<ExitStatus> {
+    pub(crate) fn try_wait(&mut self) -> Option<ExitStatus> {
         self.0.as_mut().expect("running").try_wait().expect("polling a child")
     }
 
     /// Wait up to `limit` for exit; the whole output.
-    fn wait_output(mut self, limit: Duration) -> Output {
+    pub(crate) fn wait_output(mut self, limit: Duration) -> Output {
         let t = Instant::now();
         while self.try_wait().is_none() {
             assert!(t.elapsed() < limit, "process {} still running after {limit:?}", self.pid());
@@ -122,7 +122,7 @@ impl Guard {
         self.0.take().unwrap().wait_with_output().expect("collecting output")
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.0.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -140,7 +140,7 @@ impl Drop for Guard {
 pub(crate) struct Hub {
     proc: Guard,
     /// `127.0.0.1:PORT`
-    addr: String,
+    pub(crate) addr: String,
     /// `http` or `https`
     scheme: String,
     log: PathBuf,
@@ -154,7 +154,7 @@ impl Hub {
 
     /// Serve `store` on `listen`; `Err(log)` if it exits before listening.
     /// Every other start prints JSON (`--json`), to cover both forms.
-    fn start_on(store: &Path, listen: &str, extra: &[&str], envs: &[(&str, &str)]) -> Result<Hub, String> {
+    pub(crate) fn start_on(store: &Path, listen: &str, extra: &[&str], envs: &[(&str, &str)]) -> Result<Hub, String> {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static STARTS: AtomicUsize = AtomicUsize::new(0);
         let n = STARTS.fetch_add(1, Ordering::Relaxed);
@@ -204,7 +204,7 @@ impl Hub {
     }
 
     /// SIGKILL, as a crash would.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         self.proc.kill();
     }
 
@@ -259,30 +259,30 @@ pub(crate) fn assert_exact(edge: &Path, layer: &Layer) {
     assert_verify_clean(edge);
 }
 
-fn assert_verify_clean(store: &Path) {
+pub(crate) fn assert_verify_clean(store: &Path) {
     let r = cs_json(store, &["verify"]);
     assert_eq!(r["damaged"], json!([]), "verify {}: {r}", store.display());
 }
 
-fn layer_ids(store: &Path) -> BTreeSet<String> {
+pub(crate) fn layer_ids(store: &Path) -> BTreeSet<String> {
     let v = cs_json(store, &["ls"]);
     v.as_array().unwrap().iter().map(|l| l["id"].as_str().unwrap().to_string()).collect()
 }
 
-fn count_files(dir: &Path) -> usize {
+pub(crate) fn count_files(dir: &Path) -> usize {
     let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
     rd.map(|e| e.unwrap().path()).map(|p| if p.is_dir() { count_files(&p) } else { 1 }).sum()
 }
 
 /// The layers the hub's map says `client` holds.
-fn map_of(hub: &Hub, client: &str, tok: &str) -> BTreeSet<String> {
+pub(crate) fn map_of(hub: &Hub, client: &str, tok: &str) -> BTreeSet<String> {
     let (st, body) = http("GET", &hub.api(&format!("/clients/{client}")), Some(tok), None);
     assert_eq!(st, 200, "{}", text(&body));
     let v: Value = serde_json::from_slice(&body).unwrap();
     v["layers"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_string()).collect()
 }
 
-fn set(ids: &[&str]) -> BTreeSet<String> {
+pub(crate) fn set(ids: &[&str]) -> BTreeSet<String> {
     ids.iter().map(|s| s.to_string()).collect()
 }
 
@@ -566,179 +566,6 @@ fn thirty_two_clients_at_once() {
 /// A layer of `n` bytes of noise in one file: ~n/80 KiB chunks, all stored raw.
 pub(crate) fn noise_layer(d: &Path, name: &str, n: usize, seed: u64) -> Layer {
     Layer::new(d, name, &[(&format!("{name}.bin"), &noise(n, seed))])
-}
-
-/// Start a slow chunk-by-chunk pull (one request of four chunks at a time,
-/// each request's chunks stored as their own group) in the background.
-fn slow_pull(edge: &Path, hub: &Hub, client: &str, tok: &str, layer: &str) -> Guard {
-    let url = hub.url();
-    let args = [
-        "--json",
-        "pull",
-        "--hub",
-        &url,
-        "--client",
-        client,
-        "--token",
-        tok,
-        "--via",
-        "chunks",
-        "--concurrency",
-        "1",
-        "--batch",
-        "4",
-        "--store-group-bytes",
-        "200000",
-        layer,
-    ];
-    let c = command(edge, &args, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawning pull");
-    Guard(Some(c))
-}
-
-/// Wait until `edge` has at least `n` packs (the pull is storing what it fetched).
-fn wait_for_packs(edge: &Path, n: usize, pull: &mut Guard) {
-    let t = Instant::now();
-    while count_files(&edge.join("packs")) < n {
-        if let Some(s) = pull.try_wait() {
-            panic!("the pull ended ({s}) before {n} packs were stored");
-        }
-        assert!(t.elapsed() < Duration::from_secs(60), "no {n} packs after 60 s");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Issue 4: a pull killed halfway keeps what it stored; run again, it
-/// fetches only what it still lacks, and the layer comes out exact.
-#[test]
-fn killed_pull_resumes() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let (hub_store, edge) = (d.join("hub"), d.join("edge"));
-    let l = noise_layer(d, "big", 8 << 20, 40);
-    let total = l.ingest(&hub_store)["chunks"].as_u64().unwrap();
-    assert!(total > 60, "{total} chunks");
-    let hub = Hub::start(&hub_store, &[], &[]);
-    let t = token(&hub_store, "edge-k", "pull", "1h");
-
-    let mut p = slow_pull(&edge, &hub, "edge-k", &t, &l.id);
-    wait_for_packs(&edge, 3, &mut p);
-    p.kill();
-    assert!(layer_ids(&edge).is_empty(), "a killed pull recorded the layer");
-
-    let s = pull(&edge, &hub, "edge-k", &t, &l.id, &["--via", "chunks"]);
-    let fetched = s["fetched_chunks"].as_u64().unwrap();
-    assert!(fetched > 0 && fetched < total, "the second run fetched {fetched} of {total} chunks: {s}");
-    assert!(total - fetched >= 8, "at least two groups of four survived the kill: {fetched} of {total}");
-    assert_exact(&edge, &l);
-    assert_eq!(map_of(&hub, "edge-k", &t), set(&[&l.id]));
-    assert!(hub.stop().success());
-}
-
-/// Bytes kept in `edge/partial/` by interrupted dedup pulls.
-fn partial_bytes(edge: &Path) -> u64 {
-    let Ok(d) = std::fs::read_dir(edge.join("partial")) else { return 0 };
-    d.map(|f| f.unwrap().metadata().unwrap().len()).sum()
-}
-
-/// Issue 5: a dedup pull (the default) killed midway keeps the part of the
-/// tarball it received; run again, the hub regenerates the tarball, proves
-/// the part it leaves out is that part, and sends only the rest. Kept bytes
-/// that do not match what the hub would send are dropped: the pull starts over.
-#[test]
-fn killed_dedup_pull_resumes() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let (hub_store, edge) = (d.join("hub"), d.join("edge"));
-    let l = noise_layer(d, "big", 6 << 20, 41);
-    l.ingest(&hub_store);
-    let l2 = noise_layer(d, "other", 1 << 20, 42);
-    l2.ingest(&hub_store);
-    // 256 KiB of stream every 40 ms: the whole tarball takes about a second.
-    let hub = Hub::start(&hub_store, &[], &[("CHUNKSTORE_TEST_STREAM_DELAY_MS", "40")]);
-    let t = token(&hub_store, "edge-d", "pull", "1h");
-    // An uninterrupted pull by a client holding the same (nothing), its name as
-    // long (the tarball carries it): the whole tarball.
-    let tr = token(&hub_store, "edge-r", "pull", "1h");
-    let full = pull(&d.join("ref"), &hub, "edge-r", &tr, &l.id, &[])["wire_bytes"].as_u64().unwrap();
-
-    let url = hub.url();
-    let args = ["--json", "pull", "--hub", &url, "--client", "edge-d", "--token", &t, &l.id];
-    let mut p = Guard(Some(command(&edge, &args, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()));
-    let started = Instant::now();
-    while partial_bytes(&edge) < 2 << 20 {
-        if let Some(s) = p.try_wait() {
-            panic!("the pull ended ({s}) before it had received 2 MiB");
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "no 2 MiB kept after 60 s");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    p.kill();
-    assert!(layer_ids(&edge).is_empty(), "a killed pull recorded the layer");
-    let kept = partial_bytes(&edge);
-    assert!(kept >= 2 << 20, "{kept} bytes kept");
-
-    let s = pull(&edge, &hub, "edge-d", &t, &l.id, &[]);
-    assert_eq!((s["via"].as_str(), s["fell_back"].as_bool()), (Some("dedup"), Some(false)), "{s}");
-    assert_eq!(s["resumed_bytes"].as_u64(), Some(kept), "{s}");
-    assert_eq!(s["wire_bytes"].as_u64(), Some(full - kept), "only the rest crossed the network: {s}");
-    assert_exact(&edge, &l);
-    assert_eq!(partial_bytes(&edge), 0, "the kept bytes outlived the pull");
-    assert_eq!(map_of(&hub, "edge-d", &t), set(&[&l.id]));
-
-    // Kept bytes the hub's tarball does not begin with are not used.
-    let junk = edge.join("partial").join(format!("dedup-edge-d-{}", &l2.id[7..]));
-    std::fs::create_dir_all(junk.parent().unwrap()).unwrap();
-    std::fs::write(&junk, noise(300_000, 43)).unwrap();
-    let s = pull(&edge, &hub, "edge-d", &t, &l2.id, &[]);
-    assert_eq!((s["via"].as_str(), s["resumed_bytes"].as_u64()), (Some("dedup"), Some(0)), "{s}");
-    assert_exact(&edge, &l2);
-    assert!(!junk.exists(), "unusable kept bytes were left behind");
-    assert!(hub.stop().success());
-}
-
-/// Issue 5: the hub is killed mid-pull and restarted on the same port with
-/// the same store; the pull rides it out with retries (or fails cleanly,
-/// and a rerun succeeds). Either way the edge ends up exact.
-#[test]
-fn hub_restarted_mid_pull() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let (hub_store, edge) = (d.join("hub"), d.join("edge"));
-    let l = noise_layer(d, "big", 6 << 20, 50);
-    l.ingest(&hub_store);
-    let mut hub = Hub::start(&hub_store, &[], &[]);
-    let t = token(&hub_store, "edge-r", "pull", "1h");
-
-    let mut p = slow_pull(&edge, &hub, "edge-r", &t, &l.id);
-    wait_for_packs(&edge, 2, &mut p);
-    hub.kill();
-    let addr = hub.addr.clone();
-    let started = Instant::now();
-    let hub = loop {
-        match Hub::start_on(&hub_store, &addr, &[], &[]) {
-            Ok(h) => break h,
-            Err(e) if started.elapsed() > Duration::from_secs(10) => panic!("cannot restart the hub: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    };
-    eprintln!("hub back on {addr} after {:.2} s", started.elapsed().as_secs_f64());
-    let o = p.wait_output(Duration::from_secs(120));
-    if o.status.success() {
-        let s: Value = serde_json::from_slice(&o.stdout).unwrap();
-        assert_eq!(s["layer"], l.id.as_str(), "{s}");
-        eprintln!("the pull survived the restart: {s}");
-    } else {
-        let err = text(&o.stderr);
-        assert_eq!(o.status.code(), Some(1), "{err}");
-        assert!(!err.contains("panicked"), "{err}");
-        assert!(layer_ids(&edge).is_empty(), "a failed pull recorded the layer");
-        assert_verify_clean(&edge);
-        eprintln!("the pull failed cleanly ({}); running it again", err.trim());
-        pull(&edge, &hub, "edge-r", &t, &l.id, &["--via", "chunks"]);
-    }
-    assert_exact(&edge, &l);
-    assert_eq!(map_of(&hub, "edge-r", &t), set(&[&l.id]));
-    assert!(hub.stop().success());
 }
 
 /// Issue 6: a hub that serves wrong bytes: the pull refuses them, exits 1,
