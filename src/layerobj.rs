@@ -16,6 +16,7 @@ use crate::ids::{BlobDigest, FileId, LayerId};
 use crate::index::{self, LayerInfo, BLOBS, FILES, LAYERS, RECIPES};
 use crate::recipe::{RecipeItem, RecipeReader};
 use crate::store::Store;
+use crate::wire::Reader;
 use redb::ReadableTable;
 use std::collections::HashSet;
 
@@ -72,44 +73,33 @@ impl LayerObject {
         if blake3::hash(body).as_bytes() != sum {
             return Err(bad("checksum does not match (truncated or damaged)"));
         }
-        let mut r = &body[8..];
-        let mut take = |n: usize| -> Result<&[u8]> {
-            if r.len() < n {
-                return Err(bad("truncated"));
-            }
-            let (h, t) = r.split_at(n);
-            r = t;
-            Ok(h)
-        };
-        let version = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes"));
+        let mut r = Reader::new(&body[8..], bad);
+        let version = r.u32()?;
         if version != VERSION {
             return Err(bad(&format!("unsupported version {version}")));
         }
-        let chunker = ChunkerParams::decode(take(12)?)?;
-        let info_bytes = take(INFO_LEN)?.to_vec();
+        let chunker = ChunkerParams::decode(r.take(12)?)?;
+        let info_bytes = r.take(INFO_LEN)?.to_vec();
         let info = LayerInfo::decode(&info_bytes)?;
         if info.id != *want {
             return Err(bad(&format!("holds layer {}", info.id)));
         }
-        let nb = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
+        let nb = r.u32()? as usize;
         let mut blobs = Vec::with_capacity(nb.min(1024));
         for _ in 0..nb {
-            blobs.push(BlobDigest::from_bytes(take(32)?.try_into().expect("32 bytes")));
+            blobs.push(BlobDigest::from_bytes(r.array()?));
         }
-        let rl = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
-        let recipe = take(usize::try_from(rl).map_err(|_| bad("recipe too large"))?)?.to_vec();
-        let nf = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
+        let recipe = r.bytes_u64("recipe")?.to_vec();
+        let nf = r.u32()? as usize;
         let mut files = Vec::with_capacity(nf.min(1 << 16));
         for _ in 0..nf {
-            let id = FileId::from_bytes(take(32)?.try_into().expect("32 bytes"));
-            let l = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
-            let v = take(l)?.to_vec();
+            let id = FileId::from_bytes(r.array()?);
+            let l = r.u32()? as usize;
+            let v = r.take(l)?.to_vec();
             index::decode_file(&v)?;
             files.push((id, v));
         }
-        if !r.is_empty() {
-            return Err(bad("trailing bytes"));
-        }
+        r.finish()?;
         Ok(LayerObject { chunker, info, info_bytes, blobs, recipe, files })
     }
 }

@@ -63,6 +63,7 @@ mod token;
 mod transfer;
 mod unsettled;
 mod verify;
+mod wire;
 
 pub use apply::{ApplyOutcome, MissingRef};
 pub use backend::{Backend, FaultyBackend, LocalBackend, MemoryBackend, PackBytes};

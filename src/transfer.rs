@@ -8,6 +8,7 @@ use crate::index::{self, CHUNKS, FILES, META, PACKS, RECIPES};
 use crate::pack::{self, ChunkLoc, PackWriter, MAX_CHUNK};
 use crate::recipe::{FileRecipe, RecipeItem, RecipeReader};
 use crate::store::Store;
+use crate::wire::Reader;
 use redb::ReadableTable;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
@@ -101,35 +102,24 @@ impl RecipeBundle {
     /// Parse an untrusted bundle.
     pub fn decode(b: &[u8]) -> Result<Self> {
         let bad = |w: &str| Error::invalid(format!("recipe bundle: {w}"));
-        let mut r = b;
-        let mut take = |n: usize| -> Result<&[u8]> {
-            if r.len() < n {
-                return Err(bad("truncated"));
-            }
-            let (h, t) = r.split_at(n);
-            r = t;
-            Ok(h)
-        };
-        if take(8)? != BUNDLE_MAGIC {
+        let mut r = Reader::new(b, bad);
+        if r.take(8)? != BUNDLE_MAGIC {
             return Err(bad("bad magic"));
         }
-        let layer = LayerId::from_bytes(take(32)?.try_into().expect("32 bytes"));
-        let rlen = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
-        let recipe = take(usize::try_from(rlen).map_err(|_| bad("recipe too large"))?)?.to_vec();
-        let n = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes"));
+        let layer = LayerId::from_bytes(r.array()?);
+        let recipe = r.bytes_u64("recipe")?.to_vec();
+        let n = r.u32()?;
         let mut files = HashMap::new();
         for _ in 0..n {
-            let id = FileId::from_bytes(take(32)?.try_into().expect("32 bytes"));
-            let len = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
-            let fr = FileRecipe::decode(take(len)?)?;
+            let id = FileId::from_bytes(r.array()?);
+            let len = r.u32()? as usize;
+            let fr = FileRecipe::decode(r.take(len)?)?;
             if !fr.consistent() || fr.chunks.iter().any(|(_, l)| *l == 0 || *l > MAX_CHUNK) {
                 return Err(bad(&format!("file {id}: chunk lengths do not add up")));
             }
             files.insert(id, fr);
         }
-        if !r.is_empty() {
-            return Err(bad("trailing bytes"));
-        }
+        r.finish()?;
         Ok(RecipeBundle { layer, recipe, files })
     }
 
