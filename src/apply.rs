@@ -357,7 +357,9 @@ impl<'s> Rebuild<'s> {
     }
 
     /// After something is missing: walk the rest of the tarball, checking its
-    /// structure and noting every other missing reference, then stop.
+    /// structure and every carried byte that can be checked without what is
+    /// missing (chunks, whole files, deltas on a base held here), and noting
+    /// every other missing reference, then stop.
     fn drain(&mut self) -> Result<bool> {
         match self.drain_rest() {
             Ok(()) => Err(Error::new(ErrorKind::NotFound, "dedup tarball references data this store lacks")),
@@ -373,9 +375,8 @@ impl<'s> Rebuild<'s> {
         let pending = self.cur.take();
         if let Some(Cur::Chunks { rows, .. }) = pending {
             self.drain_rows(rows)?;
-        } else if let Some(Cur::Stream { left, .. }) = pending {
-            io::copy(&mut self.split.content().take(left), &mut io::sink())
-                .map_err(|e| crate::error::from_io(e, "reading"))?;
+        } else if let Some(Cur::Stream { id, left, hasher }) = pending {
+            self.drain_file(id, left, hasher)?;
         }
         while let Some((kind, size)) = self.next_entry()? {
             match kind {
@@ -383,10 +384,7 @@ impl<'s> Rebuild<'s> {
                 Kind::Raw => {
                     self.read_content(size, MAX_RAW, "raw entry")?;
                 }
-                Kind::File { .. } => {
-                    io::copy(&mut self.split.content(), &mut io::sink())
-                        .map_err(|e| crate::error::from_io(e, "reading"))?;
-                }
+                Kind::File { id } => self.drain_file(id, size, blake3::Hasher::new())?,
                 Kind::Ref { id, size: fsize } => {
                     if self.local_file(&id)?.is_none() {
                         self.note_missing("file", id.to_string(), fsize);
@@ -396,10 +394,18 @@ impl<'s> Rebuild<'s> {
                     let rows = self.read_table(fsize, size)?;
                     self.drain_rows(rows)?;
                 }
-                Kind::Delta { base, base_size, .. } => {
-                    self.read_content(size, DELTA_MAX, "delta")?;
-                    if self.local_file(&base)?.is_none() {
-                        self.note_missing("file", base.to_string(), base_size);
+                Kind::Delta { id, size: fsize, base, base_size } => {
+                    let delta = self.read_content(size, DELTA_MAX, "delta")?;
+                    match self.local_file(&base)? {
+                        None => self.note_missing("file", base.to_string(), base_size),
+                        // Checked as an apply checks it.
+                        Some(r) if r.size == base_size && r.size <= DELTA_MAX => {
+                            let out = crate::delta::decode(&self.store.read_file(&base)?, &delta, fsize)?;
+                            if FileId::of(&out) != id {
+                                return Err(bad(format!("delta for file {id} does not rebuild it")));
+                            }
+                        }
+                        Some(_) => return Err(bad(format!("delta base {base} does not fit the delta"))),
                     }
                 }
             }
@@ -407,10 +413,26 @@ impl<'s> Rebuild<'s> {
         Ok(())
     }
 
+    /// The rest (`left` bytes) of a file carried whole, checked against its id.
+    fn drain_file(&mut self, id: FileId, left: u64, mut hasher: blake3::Hasher) -> Result<()> {
+        let n = io::copy(&mut self.split.content().take(left), &mut hasher)
+            .map_err(|e| crate::error::from_io(e, "reading dedup tarball"))?;
+        if n != left {
+            return Err(bad("truncated file content"));
+        }
+        if FileId::from_bytes(*hasher.finalize().as_bytes()) != id {
+            return Err(bad(format!("carried file {id} does not match its id")));
+        }
+        Ok(())
+    }
+
     fn drain_rows(&mut self, rows: VecDeque<(ChunkId, u32, bool)>) -> Result<()> {
         for (cid, len, carried) in rows {
             if carried {
-                self.read_content(len as u64, MAX_CHUNK as u64, "chunk")?;
+                let data = self.read_content(len as u64, MAX_CHUNK as u64, "chunk")?;
+                if ChunkId::of(&data) != cid {
+                    return Err(bad(format!("carried chunk does not match its id {cid}")));
+                }
             } else if self.local_chunk(&cid)?.is_none() {
                 self.note_missing("chunk", cid.to_string(), len as u64);
             }

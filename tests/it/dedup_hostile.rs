@@ -556,4 +556,23 @@ fn missing_refs_then_damage_is_an_error() {
         case("missing refs, then no end marker", zstd_c(&raw[..raw.len() - 1024]), &["truncated"]),
     ];
     check_cases(fx.dir.path(), &bare, &cases);
+
+    // Carried content after the first missing reference is checked too.
+    let first_ref = entries.iter().position(|x| x.name.starts_with("ref/")).unwrap();
+    let mut flipped = Vec::new();
+    for prefix in ["chunks/", "file/"] {
+        let Some(i) = entries.iter().skip(first_ref).position(|x| x.name.starts_with(prefix) && !x.data.is_empty())
+        else {
+            continue;
+        };
+        let mut v = entries.clone();
+        *v[first_ref + i].data.last_mut().unwrap() ^= 1;
+        flipped.push(case(
+            &format!("missing refs, then a damaged {prefix} entry"),
+            zstd_c(&tar_of(&v)),
+            &["does not match"],
+        ));
+    }
+    assert!(!flipped.is_empty(), "no carried content after the first reference");
+    check_cases(fx.dir.path(), &bare, &flipped);
 }
