@@ -11,6 +11,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
+/// How long kept bytes stay for a pull to resume from.
+const KEEP_FOR: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// The kept bytes of one client's dedup tarball of one layer.
 pub(crate) struct Partial {
     path: PathBuf,
@@ -51,6 +54,19 @@ impl Partial {
         out.seek(std::io::SeekFrom::End(0)).map_err(|e| self.io("seeking in", e))?;
         let kept = File::open(&self.path).map_err(|e| self.io("opening", e))?.take(keep);
         Ok((kept, out))
+    }
+
+    /// Delete what interrupted pulls of any layer left in `store_dir` more
+    /// than [`KEEP_FOR`] ago: a pull never run again must not leave its bytes
+    /// for good.
+    pub fn expire(store_dir: &Path) {
+        let Ok(dir) = std::fs::read_dir(store_dir.join("partial")) else { return };
+        for e in dir.flatten() {
+            let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+            if old.is_some_and(|age| age > KEEP_FOR) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     /// Forget the kept bytes (the layer is here, or they cannot be used).
@@ -108,5 +124,21 @@ mod tests {
         assert_eq!(std::fs::read(&p.path).unwrap(), b"hello, there");
         p.remove();
         assert!(p.held().unwrap().is_none());
+    }
+
+    #[test]
+    fn only_old_kept_bytes_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = Partial::new(dir.path(), &ClientId::new("e").unwrap(), &LayerId::from_bytes([1; 32]));
+        let old = Partial::new(dir.path(), &ClientId::new("e").unwrap(), &LayerId::from_bytes([2; 32]));
+        for p in [&fresh, &old] {
+            let (_, mut out) = p.start(0).unwrap();
+            out.write_all(b"kept").unwrap();
+        }
+        let long_ago = std::time::SystemTime::now() - KEEP_FOR - std::time::Duration::from_secs(60);
+        File::options().write(true).open(&old.path).unwrap().set_modified(long_ago).unwrap();
+        Partial::expire(dir.path());
+        assert!(fresh.held().unwrap().is_some());
+        assert!(old.held().unwrap().is_none());
     }
 }

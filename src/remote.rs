@@ -486,6 +486,7 @@ impl Store {
     ) -> Result<Option<IngestSummary>> {
         let what = format!("fetching the dedup tarball of {layer}");
         let url = hub.url(&format!("/clients/{client}/layers/{layer}/dedup"));
+        crate::partial::Partial::expire(&self.dir);
         let partial = crate::partial::Partial::new(&self.dir, client, layer);
         let mut resp = None;
         if let Some((n, hash)) = partial.held()? {
