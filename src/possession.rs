@@ -129,7 +129,7 @@ fn store_sets(tx: &redb::WriteTransaction, layers: &[LayerId]) -> Result<()> {
 }
 
 /// A client and what it holds.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ClientInfo {
     /// The client's name.
     pub name: ClientId,

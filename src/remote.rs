@@ -7,6 +7,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ChunkId, ClientId, LayerId};
 use crate::index::LayerInfo;
 use crate::ingest::{IngestOptions, IngestSummary};
+use crate::possession::ClientInfo;
 use crate::store::Store;
 use crate::transfer::{self, ChunkSink, RecipeBundle, MAX_BATCH};
 use std::collections::{HashSet, VecDeque};
@@ -204,6 +205,48 @@ impl Remote {
         Ok(())
     }
 
+    /// Every client the hub knows (an admin token).
+    pub fn clients(&self) -> Result<Vec<ClientInfo>> {
+        let r = self.send("listing clients", || self.http.get(self.url("/clients")))?;
+        parse_json("listing clients", r)
+    }
+
+    /// One client's record.
+    pub fn client(&self, c: &ClientId) -> Result<ClientInfo> {
+        let what = format!("showing client {c}");
+        let r = self.send(&what, || self.http.get(self.url(&format!("/clients/{c}"))))?;
+        parse_json(&what, r)
+    }
+
+    /// Register a client holding nothing (an admin token).
+    pub fn add_client(&self, c: &ClientId) -> Result<ClientInfo> {
+        let what = format!("adding client {c}");
+        let r = self.send(&what, || self.http.put(self.url(&format!("/clients/{c}"))))?;
+        parse_json(&what, r)
+    }
+
+    /// Forget a client and what it holds (an admin token).
+    pub fn remove_client(&self, c: &ClientId) -> Result<()> {
+        self.send(&format!("removing client {c}"), || self.http.delete(self.url(&format!("/clients/{c}"))))?;
+        Ok(())
+    }
+
+    /// Record that the client holds `layers` too; its record after.
+    pub fn hold(&self, c: &ClientId, layers: &[LayerId]) -> Result<ClientInfo> {
+        self.layers_call(&format!("recording layers client {c} holds"), &format!("/clients/{c}/ack"), layers)
+    }
+
+    /// Record that the client has evicted `layers`; its record after.
+    pub fn evict(&self, c: &ClientId, layers: &[LayerId]) -> Result<ClientInfo> {
+        self.layers_call(&format!("recording layers client {c} dropped"), &format!("/clients/{c}/drop"), layers)
+    }
+
+    fn layers_call(&self, what: &str, path: &str, layers: &[LayerId]) -> Result<ClientInfo> {
+        let ls: Vec<String> = layers.iter().map(|l| l.to_string()).collect();
+        serde_json::from_value(self.post_json(what, path, serde_json::json!({ "layers": ls }))?)
+            .map_err(|e| Error::invalid(format!("{what}: {e}")))
+    }
+
     /// Tell the hub exactly which layers the client holds.
     pub fn report(&self, client: &ClientId, layers: &[LayerId]) -> Result<()> {
         let ls: Vec<String> = layers.iter().map(|l| l.to_string()).collect();
@@ -227,6 +270,10 @@ fn placeholder_info() -> LayerInfo {
         chunks: 0,
         ingested_at: 0,
     }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(what: &str, r: reqwest::blocking::Response) -> Result<T> {
+    r.json().map_err(|e| Error::invalid(format!("{what}: the hub's answer: {e}")))
 }
 
 /// A request that got no response. A TLS failure (an untrusted certificate,

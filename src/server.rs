@@ -424,6 +424,47 @@ async fn update_possession(
     Ok(Json(info).into_response())
 }
 
+/// Layers a client has evicted (its own pull token, or admin).
+async fn drop_layers(
+    State(app): State<Arc<App>>,
+    h: HeaderMap,
+    Path(client): Path<String>,
+    Json(b): Json<LayersBody>,
+) -> ApiResult<Response> {
+    update_possession(&app, &h, &client, &b, |store, client, layers| store.evict(client, &layers)).await
+}
+
+async fn list_clients(State(app): State<Arc<App>>, h: HeaderMap) -> ApiResult<Response> {
+    app.authorize(&h, Scope::Admin, None, false)?;
+    let store = app.store.clone();
+    Ok(Json(blocking(move || store.clients()).await?).into_response())
+}
+
+/// Register a client holding nothing (admin); `409` if it exists.
+async fn add_client(State(app): State<Arc<App>>, h: HeaderMap, Path(client): Path<String>) -> ApiResult<Response> {
+    let client = client_id(&client)?;
+    app.authorize(&h, Scope::Admin, Some(&client), false)?;
+    let store = app.store.clone();
+    let info = blocking(move || {
+        store.add_client(&client)?;
+        store.client(&client)
+    })
+    .await?;
+    tracing::info!(client = %info.name, "client added");
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+/// Forget a client and its possession map (admin).
+async fn remove_client(State(app): State<Arc<App>>, h: HeaderMap, Path(client): Path<String>) -> ApiResult<Response> {
+    let client = client_id(&client)?;
+    app.authorize(&h, Scope::Admin, Some(&client), false)?;
+    let store = app.store.clone();
+    let c = client.clone();
+    blocking(move || store.remove_client(&c)).await?;
+    tracing::info!(%client, "client removed");
+    Ok(Json(serde_json::json!({ "removed": client })).into_response())
+}
+
 async fn get_client(State(app): State<Arc<App>>, h: HeaderMap, Path(client): Path<String>) -> ApiResult<Response> {
     let client = client_id(&client)?;
     app.authorize(&h, Scope::Pull, Some(&client), false)?;
@@ -447,7 +488,9 @@ pub fn router(store: Arc<Store>, opts: ServeOptions) -> crate::Result<Router> {
         .route("/chunks/fetch", post(fetch_chunks))
         .route("/chunks/missing", post(missing_chunks))
         .route("/chunks", post(upload_chunks))
-        .route("/clients/{client}", get(get_client))
+        .route("/clients", get(list_clients))
+        .route("/clients/{client}", get(get_client).put(add_client).delete(remove_client))
+        .route("/clients/{client}/drop", post(drop_layers))
         .route("/clients/{client}/layers/{layer}/dedup", get(dedup_tar))
         .route("/clients/{client}/ack", post(ack))
         .route("/clients/{client}/possession", axum::routing::put(report_possession));

@@ -9,6 +9,7 @@ mod dedup_hostile;
 mod delta;
 mod golden;
 pub(crate) mod net;
+mod net_clients;
 mod net_resume;
 mod props;
 mod roundtrip;

@@ -1,12 +1,24 @@
-//! `chunkstore client add|ls|show|rm|hold|drop`
+//! `chunkstore client [--hub URL] add|ls|show|rm|hold|drop`
 
 use crate::{output, Ctx, Outcome};
 use anyhow::Result;
-use chunkstore::{ClientId, LayerId, Store};
+use chunkstore::{ClientId, ClientInfo, LayerId, Remote, Store};
+use std::path::PathBuf;
 
-/// Manage clients (edge nodes) and what they hold
+/// Manage clients (edge nodes) and what they hold, in a store or, with
+/// --hub, on a running hub (whose store `serve` keeps locked)
 #[derive(clap::Args)]
 pub struct Args {
+    /// Manage the clients of the hub at this URL through its API (an admin
+    /// token) instead of those of the local store
+    #[arg(long, value_name = "URL")]
+    hub: Option<String>,
+    /// Bearer token for --hub (admin scope)
+    #[arg(long, env = "CHUNKSTORE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Also trust the CA certificates in this PEM file (for --hub)
+    #[arg(long, env = "CHUNKSTORE_CA_CERT", value_name = "PEM")]
+    ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     verb: Verb,
 }
@@ -40,62 +52,92 @@ fn layers(store: &Store, names: &[String]) -> Result<Vec<LayerId>> {
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
-    let store = ctx.open()?;
-    match args.verb {
-        Verb::Add { name } => {
-            let c = ClientId::new(&name)?;
-            store.add_client(&c)?;
-            report(ctx, &store, &c, "added")?;
-        }
-        Verb::Rm { name } => {
-            let c = ClientId::new(&name)?;
-            store.remove_client(&c)?;
-            if ctx.json {
-                output::json(&serde_json::json!({ "removed": c }))?;
-            } else {
-                println!("removed client {c}");
-            }
-        }
-        Verb::Ls => {
-            let all = store.clients()?;
-            if ctx.json {
-                output::json(&all)?;
-            } else {
-                println!("{:<24} {:>6} {:>8} {:>8} {:>10}", "CLIENT", "LAYERS", "FILES", "CHUNKS", "BYTES");
-                for c in &all {
-                    println!(
-                        "{:<24} {:>6} {:>8} {:>8} {:>10}",
-                        c.name.as_str(),
-                        c.layers.len(),
-                        c.files,
-                        c.chunks,
-                        output::bytes(c.layer_bytes)
-                    );
-                }
-            }
-        }
-        Verb::Show { name } => report(ctx, &store, &ClientId::new(&name)?, "")?,
-        Verb::Hold { name, layers: l } => {
-            let c = ClientId::new(&name)?;
-            store.hold(&c, &layers(&store, &l)?)?;
-            report(ctx, &store, &c, "now holds")?;
-        }
-        Verb::Drop { name, layers: l } => {
-            let c = ClientId::new(&name)?;
-            store.evict(&c, &layers(&store, &l)?)?;
-            report(ctx, &store, &c, "now holds")?;
-        }
+    match args.hub {
+        Some(url) => remote(ctx, &crate::hub::connect(&url, args.token, args.ca_cert.as_deref())?, args.verb)?,
+        None => local(ctx, args.verb)?,
     }
     Ok(Outcome::Ok)
 }
 
-fn report(ctx: &Ctx, store: &Store, c: &ClientId, what: &str) -> Result<()> {
-    let info = store.client(c)?;
+fn local(ctx: &Ctx, verb: Verb) -> Result<()> {
+    let store = ctx.open()?;
+    match verb {
+        Verb::Add { name } => {
+            let c = ClientId::new(&name)?;
+            store.add_client(&c)?;
+            report(ctx, &store.client(&c)?, "added")
+        }
+        Verb::Rm { name } => {
+            let c = ClientId::new(&name)?;
+            store.remove_client(&c)?;
+            removed(ctx, &c)
+        }
+        Verb::Ls => list(ctx, &store.clients()?),
+        Verb::Show { name } => report(ctx, &store.client(&ClientId::new(&name)?)?, ""),
+        Verb::Hold { name, layers: l } => {
+            let c = ClientId::new(&name)?;
+            store.hold(&c, &layers(&store, &l)?)?;
+            report(ctx, &store.client(&c)?, "now holds")
+        }
+        Verb::Drop { name, layers: l } => {
+            let c = ClientId::new(&name)?;
+            store.evict(&c, &layers(&store, &l)?)?;
+            report(ctx, &store.client(&c)?, "now holds")
+        }
+    }
+}
+
+fn remote(ctx: &Ctx, hub: &Remote, verb: Verb) -> Result<()> {
+    let resolve =
+        |names: &[String]| -> Result<Vec<LayerId>> { names.iter().map(|l| Ok(hub.resolve_layer(l)?)).collect() };
+    match verb {
+        Verb::Add { name } => report(ctx, &hub.add_client(&ClientId::new(&name)?)?, "added"),
+        Verb::Rm { name } => {
+            let c = ClientId::new(&name)?;
+            hub.remove_client(&c)?;
+            removed(ctx, &c)
+        }
+        Verb::Ls => list(ctx, &hub.clients()?),
+        Verb::Show { name } => report(ctx, &hub.client(&ClientId::new(&name)?)?, ""),
+        Verb::Hold { name, layers: l } => report(ctx, &hub.hold(&ClientId::new(&name)?, &resolve(&l)?)?, "now holds"),
+        Verb::Drop { name, layers: l } => report(ctx, &hub.evict(&ClientId::new(&name)?, &resolve(&l)?)?, "now holds"),
+    }
+}
+
+fn removed(ctx: &Ctx, c: &ClientId) -> Result<()> {
     if ctx.json {
-        return output::json(&info);
+        output::json(&serde_json::json!({ "removed": c }))?;
+    } else {
+        println!("removed client {c}");
+    }
+    Ok(())
+}
+
+fn list(ctx: &Ctx, all: &[ClientInfo]) -> Result<()> {
+    if ctx.json {
+        return output::json(&all);
+    }
+    println!("{:<24} {:>6} {:>8} {:>8} {:>10}", "CLIENT", "LAYERS", "FILES", "CHUNKS", "BYTES");
+    for c in all {
+        println!(
+            "{:<24} {:>6} {:>8} {:>8} {:>10}",
+            c.name.as_str(),
+            c.layers.len(),
+            c.files,
+            c.chunks,
+            output::bytes(c.layer_bytes)
+        );
+    }
+    Ok(())
+}
+
+fn report(ctx: &Ctx, info: &ClientInfo, what: &str) -> Result<()> {
+    if ctx.json {
+        return output::json(info);
     }
     println!(
-        "client {c} {what}{}{} layers, {} files, {} chunks, {} of layers",
+        "client {} {what}{}{} layers, {} files, {} chunks, {} of layers",
+        info.name,
         if what.is_empty() { "" } else { ": " },
         info.layers.len(),
         info.files,

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use chunkstore::Remote;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct HubArgs {
@@ -20,17 +20,18 @@ pub struct HubArgs {
 
 impl HubArgs {
     pub fn connect(self) -> Result<Remote> {
-        let pem = match &self.ca_cert {
-            Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
-            None => None,
-        };
-        let what = self.ca_cert.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-        Remote::with_roots(&self.hub, self.token, pem.as_deref()).with_context(|| {
-            if what.is_empty() {
-                format!("connecting to {}", self.hub)
-            } else {
-                format!("connecting to {} (CA certificates from {what})", self.hub)
-            }
-        })
+        connect(&self.hub, self.token, self.ca_cert.as_deref())
     }
+}
+
+/// A client of the hub at `url`, trusting the CA certificates in `ca_cert` too.
+pub fn connect(url: &str, token: Option<String>, ca_cert: Option<&Path>) -> Result<Remote> {
+    let pem = match ca_cert {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
+    };
+    Remote::with_roots(url, token, pem.as_deref()).with_context(|| match ca_cert {
+        Some(p) => format!("connecting to {url} (CA certificates from {})", p.display()),
+        None => format!("connecting to {url}"),
+    })
 }
