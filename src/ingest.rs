@@ -15,6 +15,7 @@ use crate::ids::{BlobDigest, ChunkId, FileId, LayerId, PackId};
 use crate::index::{self, LayerInfo, PackInfo, BLOBS, CHUNKS, FILES, LAYERS, LAYER_MAPS, META, PACKS, RECIPES};
 use crate::input;
 use crate::layermap::{LayerMap, MapEntry};
+use crate::layerobj::LayerObject;
 use crate::pack::{self, ChunkLoc, PackWriter};
 use crate::recipe::{FileRecipe, RecipeWriter};
 use crate::store::Store;
@@ -635,6 +636,8 @@ impl Store {
         let tx = self.db.begin_write()?;
         let already_present;
         let new_blob;
+        // The layer object's FILES values, in first-use order, as inserted.
+        let mut object_files = Vec::new();
         {
             let mut meta = tx.open_table(META)?;
             let mut next_chunk = index::get_counter(&meta, index::NEXT_CHUNK_KEY)?;
@@ -658,19 +661,22 @@ impl Store {
                     map.entries.push(e.clone());
                     continue;
                 }
-                let (num, r) = match w.files.get(fid) {
+                let record = match w.files.get(fid) {
                     Some(r) => {
                         let num = next_file;
                         next_file = next_file.checked_add(1).ok_or_else(overflow)?;
-                        files.insert(&fid.as_bytes()[..], &index::encode_file(num, r)[..])?;
-                        (num, r.clone())
+                        let record = index::encode_file(num, r);
+                        files.insert(&fid.as_bytes()[..], &record[..])?;
+                        record
                     }
                     None => {
                         let v = files.get(&fid.as_bytes()[..])?;
                         let v = v.ok_or_else(|| Error::corrupt(format!("file {fid} vanished during ingest")))?;
-                        index::decode_file(v.value())?
+                        v.value().to_vec()
                     }
                 };
+                let (num, r) = index::decode_file(&record)?;
+                object_files.push((*fid, record));
                 let mut e = MapEntry { file: num, chunks: Vec::with_capacity(r.chunks.len()) };
                 for (cid, _) in &r.chunks {
                     let n = match new_chunk_nums.get(cid) {
@@ -722,7 +728,21 @@ impl Store {
         }
         tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "ingest: index rows written");
         // The layer object goes to the backend before the index names the layer.
-        self.publish_layer(&tx, &info.id, already_present, new_blob, &w.packs)?;
+        let object = if already_present {
+            // The blobs that named it before are in BLOBS: read it all back.
+            self.layer_object_in(&tx, &info.id)?
+        } else {
+            // Only this commit can have named a layer new to the index.
+            LayerObject {
+                chunker: self.params,
+                info_bytes: info.encode().to_vec(),
+                info: info.clone(),
+                blobs: new_blob.into_iter().collect(),
+                recipe,
+                files: object_files,
+            }
+        };
+        self.publish_layer(&object, already_present, &w.packs)?;
         // On failure the packs and layer object stay: the next open reclaims them.
         tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "ingest: layer object stored");
         tx.commit().inspect_err(|_| self.unsettled.keep())?;

@@ -104,6 +104,21 @@ impl LayerObject {
     }
 }
 
+/// [`build`] over the tables of a read or a write transaction (whose table
+/// types differ, so a function would need both spelled out).
+macro_rules! build_in {
+    ($store:expr, $tx:expr, $id:expr) => {
+        build(
+            $store.params,
+            $id,
+            &$tx.open_table(LAYERS)?,
+            &$tx.open_table(RECIPES)?,
+            &$tx.open_table(FILES)?,
+            &$tx.open_table(BLOBS)?,
+        )
+    };
+}
+
 /// Build layer `id`'s object from index tables (of a read or a write transaction).
 pub(crate) fn build<L, R, F, B>(
     chunker: ChunkerParams,
@@ -112,7 +127,6 @@ pub(crate) fn build<L, R, F, B>(
     recipes: &R,
     files: &F,
     blobs: &B,
-    known_blobs: Option<Vec<BlobDigest>>,
 ) -> Result<LayerObject>
 where
     L: ReadableTable<&'static [u8], &'static [u8]>,
@@ -135,52 +149,33 @@ where
             }
         }
     }
-    // Scanning BLOBS costs time in proportion to the store's layers; a new
-    // layer's caller knows them already.
-    let mut bl = match known_blobs {
-        Some(v) => v,
-        None => {
-            let mut bl = Vec::new();
-            for e in blobs.iter()? {
-                let (k, v) = e?;
-                if v.value() == key {
-                    bl.push(BlobDigest::from_bytes(k.value().try_into().map_err(|_| Error::corrupt("bad blob key"))?));
-                }
-            }
-            bl
+    // Scanning BLOBS costs time in proportion to the store's layers: a commit
+    // of a new layer builds its object without it (see `ingest.rs`).
+    let mut bl = Vec::new();
+    for e in blobs.iter()? {
+        let (k, v) = e?;
+        if v.value() == key {
+            bl.push(BlobDigest::from_bytes(k.value().try_into().map_err(|_| Error::corrupt("bad blob key"))?));
         }
-    };
+    }
     bl.sort();
-    bl.dedup();
     Ok(LayerObject { chunker, info, info_bytes, blobs: bl, recipe, files: fs })
 }
 
 impl Store {
-    /// Write layer `id`'s object, built from the write transaction about to
-    /// commit it: called by every commit that records a layer, after its
+    /// Write a layer's object, as the write transaction about to commit it
+    /// holds it: called by every commit that records a layer, after its
     /// packs are stored and before the index names it, so the backend never
     /// holds a recipe whose data it lacks. If the write fails, the packs this
     /// commit stored (`packs`) are removed, after the layer object when the
     /// layer is new, so nothing is left that names them.
     pub(crate) fn publish_layer(
         &self,
-        tx: &redb::WriteTransaction,
-        id: &LayerId,
+        obj: &LayerObject,
         already_present: bool,
-        new_blob: Option<BlobDigest>,
         packs: &[(crate::ids::PackId, crate::index::PackInfo)],
     ) -> Result<()> {
-        // Only this commit can have named a layer new to the index.
-        let known_blobs = (!already_present).then(|| new_blob.into_iter().collect());
-        let obj = build(
-            self.params,
-            id,
-            &tx.open_table(LAYERS)?,
-            &tx.open_table(RECIPES)?,
-            &tx.open_table(FILES)?,
-            &tx.open_table(BLOBS)?,
-            known_blobs,
-        )?;
+        let id = &obj.info.id;
         // Every pack first (a backend may still be uploading some), then the object.
         let r = self
             .check_writable()
@@ -202,15 +197,12 @@ impl Store {
     /// Layer `id`'s object as the committed index would write it.
     pub(crate) fn layer_object_from_index(&self, id: &LayerId) -> Result<LayerObject> {
         let tx = self.db.begin_read()?;
-        build(
-            self.params,
-            id,
-            &tx.open_table(LAYERS)?,
-            &tx.open_table(RECIPES)?,
-            &tx.open_table(FILES)?,
-            &tx.open_table(BLOBS)?,
-            None,
-        )
+        build_in!(self, tx, id)
+    }
+
+    /// Layer `id`'s object as the write transaction `tx` would commit it.
+    pub(crate) fn layer_object_in(&self, tx: &redb::WriteTransaction, id: &LayerId) -> Result<LayerObject> {
+        build_in!(self, tx, id)
     }
 }
 

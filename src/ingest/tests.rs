@@ -57,3 +57,25 @@ fn repeats_are_stored_once_in_stream_order() {
     assert_eq!((again.new_chunks, again.new_files, again.new_stored_bytes), (0, 0, 0));
     assert_eq!(again.layer.chunks, s.layer.chunks);
 }
+
+/// The layer object a commit writes, built from what the commit inserts,
+/// is the one the committed index gives (the object `reindex` trusts); the
+/// same for a re-ingest that adds a second blob digest.
+#[test]
+fn the_layer_object_written_is_the_one_the_index_gives() {
+    let shared = noise(200_000, 5);
+    let tar = tar_of(&[("a", &noise(150_000, 6)), ("shared", &shared), ("again", &shared), ("empty", b"")]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    let gz = gz.finish().unwrap();
+    let zst = zstd::encode_all(&tar[..], 3).unwrap();
+    for input in [&gz[..], &zst[..], &tar[..]] {
+        let s = store.ingest(input, &IngestOptions::default()).unwrap();
+        let written = LayerObject::decode(&store.backend.get_layer(&s.layer.id).unwrap(), &s.layer.id).unwrap();
+        assert_eq!(written, store.layer_object_from_index(&s.layer.id).unwrap());
+    }
+    let obj = store.layer_object_from_index(&store.layers().unwrap()[0].id).unwrap();
+    assert_eq!(obj.blobs.len(), 2, "the gzip and the zstd blob both name the layer");
+}
