@@ -64,10 +64,9 @@ impl Remote {
         // rustls needs a process-wide crypto provider (ring, which the S3
         // client builds anyway); an error only means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        // rustls, not the default backend (OpenSSL via native-tls when the s3
-        // feature is on), which loads the system CA bundle as the client is
-        // built: 40-70 ms of every pull and push, even of a plain-HTTP hub.
-        // rustls loads roots only when a TLS connection is verified.
+        // rustls (the only TLS built in: no OpenSSL to load at start) reads
+        // the system roots only when a TLS connection is verified, so a
+        // plain-HTTP hub costs none of it.
         builder = builder.tls_backend_rustls();
         if let Some(pem) = ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem)

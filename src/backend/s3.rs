@@ -256,6 +256,9 @@ impl S3Backend {
     /// `read_only` (`true`/`false`). The bucket must exist.
     pub fn open(url: &str, mut opts: S3Options) -> Result<Self> {
         use object_store::aws::AmazonS3Builder;
+        // An https endpoint goes through reqwest's rustls, which needs a
+        // process-wide crypto provider; an error only means one is installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let u = parse_url(url)?;
         let mut b = AmazonS3Builder::from_env().with_bucket_name(&u.bucket);
         let mut endpoint = std::env::var("AWS_ENDPOINT_URL").ok().or_else(|| std::env::var("AWS_ENDPOINT").ok());
