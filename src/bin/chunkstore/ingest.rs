@@ -3,12 +3,10 @@
 use crate::{output, Ctx, Outcome};
 use anyhow::{Context, Result};
 use chunkstore::IngestOptions;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io::{IsTerminal, Read};
+use std::io::Read;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Ingest layer tarballs (tar, tar+gzip, tar+zstd)
 #[derive(clap::Args)]
@@ -48,7 +46,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
             }
         };
         let counter = Arc::new(AtomicU64::new(0));
-        let progress = Progress::start(&name, total, counter.clone());
+        let progress = crate::progress::Progress::start(&name, total, counter.clone());
         let result = store.ingest(reader, &IngestOptions { progress: Some(counter), ..Default::default() });
         progress.finish();
         match result.with_context(|| format!("{name}: not ingested")) {
@@ -84,47 +82,4 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
         }
     }
     Ok(if errors.is_empty() { Outcome::Ok } else { Outcome::Failed(1) })
-}
-
-/// A progress bar on a terminal, fed from the ingest's byte counter.
-struct Progress {
-    stop: Arc<AtomicBool>,
-    handle: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Progress {
-    fn start(name: &str, total: Option<u64>, counter: Arc<AtomicU64>) -> Progress {
-        let stop = Arc::new(AtomicBool::new(false));
-        if !std::io::stderr().is_terminal() {
-            return Progress { stop, handle: None };
-        }
-        let bar = match total {
-            Some(t) => ProgressBar::new(t).with_style(
-                ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                    .expect("valid template")
-                    .progress_chars("=> "),
-            ),
-            None => ProgressBar::new_spinner().with_style(
-                ProgressStyle::with_template("{spinner} {msg} {bytes} {bytes_per_sec}").expect("valid template"),
-            ),
-        };
-        bar.set_draw_target(ProgressDrawTarget::stderr());
-        bar.set_message(name.to_string());
-        let s = stop.clone();
-        let handle = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                bar.set_position(counter.load(Ordering::Relaxed));
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            bar.finish_and_clear();
-        });
-        Progress { stop, handle: Some(handle) }
-    }
-
-    fn finish(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
 }

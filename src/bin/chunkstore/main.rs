@@ -9,6 +9,7 @@ mod ingest;
 mod ls;
 mod output;
 mod pack;
+mod progress;
 mod pull;
 mod push;
 mod reindex;

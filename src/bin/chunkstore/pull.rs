@@ -45,7 +45,13 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     if let Some(n) = args.overlap_max_bytes {
         opts.overlap_max_bytes = n;
     }
-    let s = store.pull(&hub, &client, &layer, &opts)?;
+    let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    opts.progress = Some(counter.clone());
+    let short = &layer.to_hex()[..12];
+    let progress = crate::progress::Progress::start(&format!("pulling {short}, received"), None, counter);
+    let s = store.pull(&hub, &client, &layer, &opts);
+    progress.finish();
+    let s = s?;
     if ctx.json {
         output::json(&s)?;
     } else if s.already_present {

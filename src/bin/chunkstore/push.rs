@@ -24,8 +24,18 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     let store = ctx.open()?;
     let layer = store.resolve_layer(&args.layer)?;
     let hub = args.hub.connect()?;
-    let opts = TransferOptions { concurrency: args.concurrency, batch: args.batch, ..Default::default() };
-    let s = store.push(&hub, &layer, &opts)?;
+    let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let opts = TransferOptions {
+        concurrency: args.concurrency,
+        batch: args.batch,
+        progress: Some(counter.clone()),
+        ..Default::default()
+    };
+    let short = &layer.to_hex()[..12];
+    let progress = crate::progress::Progress::start(&format!("pushing {short}, sent"), None, counter);
+    let s = store.push(&hub, &layer, &opts);
+    progress.finish();
+    let s = s?;
     if ctx.json {
         output::json(&s)?;
     } else {
