@@ -64,6 +64,9 @@ impl Backend for FaultyBackend {
     fn delete_pack(&self, id: PackId) -> Result<()> {
         self.inner.delete_pack(id)
     }
+    fn pack_modified(&self, id: PackId) -> Result<Option<std::time::SystemTime>> {
+        self.inner.pack_modified(id)
+    }
     fn read_pack_ranges(&self, id: PackId, ranges: &[(u64, usize)]) -> Result<Vec<PackBytes>> {
         Self::spend(&self.reads_left, "read_pack_ranges")?;
         self.inner.read_pack_ranges(id, ranges)

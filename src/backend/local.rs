@@ -115,6 +115,14 @@ impl Backend for LocalBackend {
         Ok(out)
     }
 
+    fn pack_modified(&self, id: PackId) -> Result<Option<std::time::SystemTime>> {
+        match fs::metadata(self.path(id)).and_then(|m| m.modified()) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("reading the time of pack {id}"), e)),
+        }
+    }
+
     fn delete_pack(&self, id: PackId) -> Result<()> {
         self.maps.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
         match fs::remove_file(self.path(id)) {

@@ -50,6 +50,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn list_packs(&self) -> Result<Vec<PackId>>;
     /// Remove a pack; removing an absent pack is not an error.
     fn delete_pack(&self, id: PackId) -> Result<()>;
+    /// When pack `id` was last written, if the backend knows (`gc` deletes
+    /// an unnamed pack only once it is old enough; unknown counts as new).
+    fn pack_modified(&self, id: PackId) -> Result<Option<std::time::SystemTime>> {
+        let _ = id;
+        Ok(None)
+    }
     /// Store (or atomically replace) layer `id`'s layer object. Durable when
     /// this returns.
     fn put_layer(&self, id: &LayerId, object: &[u8]) -> Result<()>;

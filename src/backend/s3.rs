@@ -696,6 +696,15 @@ impl Backend for S3Backend {
         Ok(out)
     }
 
+    fn pack_modified(&self, id: PackId) -> Result<Option<std::time::SystemTime>> {
+        let (store, key) = (self.store.clone(), self.pack_key(id));
+        match self.block(async move { store.head(&key).await }) {
+            Ok(meta) => Ok(Some(meta.last_modified.into())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(convert(e, &format!("reading the time of pack {id}"))),
+        }
+    }
+
     fn delete_pack(&self, id: PackId) -> Result<()> {
         self.check_writable("deleting a pack")?;
         let pending = {

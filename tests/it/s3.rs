@@ -406,3 +406,36 @@ fn s3_refused_credentials_record_nothing() {
     assert_eq!(s.json(&["ls"]), serde_json::json!([]));
     assert_eq!(s.objects(), Vec::<String>::new());
 }
+
+/// A writer killed after uploading a pack leaves it in the bucket, and no
+/// open deletes it (another writer's upload would look the same); `gc`
+/// deletes it once it is older than --grace, and nothing a layer needs.
+#[test]
+fn s3_gc_deletes_a_crashed_writers_pack() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(s) = S3Store::new(dir.path(), "gc") else { return };
+    let (a, b) = layers(dir.path());
+    s.json(&["ingest", a[0].to_str().unwrap()]);
+    let packs = |s: &S3Store| s.objects().iter().filter(|o| o.starts_with("packs/")).count();
+    let before = packs(&s);
+    let o =
+        s.command(&["ingest", b[0].to_str().unwrap()]).env("CHUNKSTORE_FAILPOINT", "after-pack-put").output().unwrap();
+    assert!(!o.status.success(), "the failpoint aborts the ingest");
+    assert_eq!(packs(&s), before + 1, "the killed writer's pack is in the bucket");
+    assert_eq!(s.json(&["ls"]).as_array().unwrap().len(), 1, "and its layer is not recorded");
+    assert_eq!(packs(&s), before + 1, "opening deletes nothing in a shared bucket");
+
+    let v = s.json(&["gc", "--grace", "1h"]);
+    assert_eq!((v["unnamed"].as_u64(), v["deleted"].as_array().map(Vec::len)), (Some(1), Some(0)), "{v}");
+    let v = s.json(&["gc", "--grace", "0s", "--dry-run"]);
+    assert_eq!(v["deleted"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(packs(&s), before + 1, "a dry run deletes nothing");
+    let v = s.json(&["gc", "--grace", "0s"]);
+    assert_eq!(v["deleted"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(packs(&s), before);
+    s.assert_verify_full_clean();
+    // The layer the writer was ingesting goes in again.
+    let v = s.json(&["ingest", b[0].to_str().unwrap()]);
+    assert_eq!(v[0]["already_present"], false, "{v}");
+    s.assert_verify_full_clean();
+}

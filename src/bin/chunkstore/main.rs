@@ -4,6 +4,7 @@ mod apply;
 mod client;
 mod diff;
 mod export;
+mod gc;
 mod hub;
 mod ingest;
 mod ls;
@@ -63,6 +64,7 @@ enum Verb {
     Pull(pull::Args),
     Push(push::Args),
     Reindex(reindex::Args),
+    Gc(gc::Args),
 }
 
 /// Shared by every verb.
@@ -166,6 +168,7 @@ fn main() -> ExitCode {
         Verb::Pull(a) => pull::run(&ctx, a),
         Verb::Push(a) => push::run(&ctx, a),
         Verb::Reindex(a) => reindex::run(&ctx, a),
+        Verb::Gc(a) => gc::run(&ctx, a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -1,7 +1,7 @@
 //! `chunkstore token issue --client NAME --scope SCOPE --ttl DURATION`
 
 use crate::{output, Ctx, Outcome};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use chunkstore::{ClientId, Scope};
 use std::time::Duration;
 
@@ -28,24 +28,26 @@ enum Verb {
     },
 }
 
-fn parse_ttl(s: &str) -> Result<Duration> {
+/// A duration given as e.g. 90s, 30m, 1h or 7d, for option `flag`.
+pub fn parse_duration(flag: &str, s: &str) -> Result<Duration> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| anyhow::anyhow!("bad --ttl {s:?}: use e.g. 90s, 30m, 1h, 7d"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => bail!("bad --ttl {s:?}: use e.g. 90s, 30m, 1h, 7d"),
+    let bad = || anyhow::anyhow!("bad {flag} {s:?}: use e.g. 90s, 30m, 1h, 7d");
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let unit = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(bad()),
     };
-    Ok(Duration::from_secs(secs))
+    Ok(Duration::from_secs(n.checked_mul(unit).ok_or_else(bad)?))
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     let Verb::Issue { client, scope, ttl } = args.verb;
     let client = ClientId::new(&client)?;
     let scope = Scope::parse(&scope)?;
-    let ttl = parse_ttl(&ttl)?;
+    let ttl = parse_duration("--ttl", &ttl)?;
     // Works while `serve` holds the store open: only the key file is read.
     let token = chunkstore::issue_token_at(&ctx.store_dir, &client, scope, ttl)?;
     if ctx.json {

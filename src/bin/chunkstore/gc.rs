@@ -1,0 +1,40 @@
+//! `chunkstore gc [--grace 7d] [--dry-run]`
+
+use crate::{output, Ctx, Outcome};
+use anyhow::Result;
+use chunkstore::GcOptions;
+
+/// Delete packs nothing can use: not named by this store's index, holding
+/// no chunk any layer object needs, and written longer ago than --grace
+/// (for a bucket several writers share, longer than any of them may leave
+/// a pull interrupted)
+#[derive(clap::Args)]
+pub struct Args {
+    /// Keep packs written less than this long ago: e.g. 90s, 30m, 1h, 7d
+    #[arg(long, default_value = "7d")]
+    grace: String,
+    /// Report what would be deleted, delete nothing
+    #[arg(long)]
+    dry_run: bool,
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
+    let grace = crate::token::parse_duration("--grace", &args.grace)?;
+    let store = ctx.open()?;
+    let s = store.gc(&GcOptions { grace, dry_run: args.dry_run })?;
+    if ctx.json {
+        output::json(&s)?;
+    } else {
+        println!(
+            "{} {} unused pack(s), {}; {} pack(s) in all, {} not in the index ({} younger than --grace, {} holding needed chunks)",
+            if s.dry_run { "would delete" } else { "deleted" },
+            s.deleted.len(),
+            output::bytes(s.deleted_bytes),
+            s.packs,
+            s.unnamed,
+            s.kept_young.len(),
+            s.kept_needed.len()
+        );
+    }
+    Ok(Outcome::Ok)
+}
