@@ -187,9 +187,7 @@ impl Store {
                 // Packs already published but never committed: remove them now
                 // (the next open would reclaim them too).
                 if let Ok(w) = &b {
-                    for (p, _) in &w.packs {
-                        self.unpublish_pack(*p);
-                    }
+                    self.unpublish_packs(&w.packs);
                 }
                 // The writer's error first: when it fails, the walk only sees
                 // "the writer thread stopped", which hides the cause.
@@ -197,9 +195,7 @@ impl Store {
             }
         };
         if let Some(want) = opts.expect.filter(|w| *w != walked.info.id) {
-            for (p, _) in &written.packs {
-                self.unpublish_pack(*p);
-            }
+            self.unpublish_packs(&written.packs);
             return Err(Error::corrupt(format!("rebuilt layer is {}, expected {want}", walked.info.id)));
         }
         let mut info = walked.info;
@@ -317,9 +313,7 @@ impl Store {
                 (Ok(()), Ok(w)) => Ok(w),
                 (Ok(()), Err(e)) | (Err(_), Err(e)) => Err(e),
                 (Err(e), Ok(w)) => {
-                    for (p, _) in &w.packs {
-                        self.unpublish_pack(*p);
-                    }
+                    self.unpublish_packs(&w.packs);
                     Err(e)
                 }
             }
@@ -447,9 +441,7 @@ impl Store {
                 Ok(w)
             }
             Err(e) => {
-                for (p, _) in &st.w.packs {
-                    self.unpublish_pack(*p);
-                }
+                self.unpublish_packs(&st.w.packs);
                 if let Some(pw) = st.pack.take() {
                     self.discard(pw);
                 }
@@ -661,21 +653,22 @@ impl Store {
                     map.entries.push(e.clone());
                     continue;
                 }
-                let record = match w.files.get(fid) {
+                let (num, r, record) = match w.files.get(fid) {
                     Some(r) => {
                         let num = next_file;
                         next_file = next_file.checked_add(1).ok_or_else(overflow)?;
                         let record = index::encode_file(num, r);
                         files.insert(&fid.as_bytes()[..], &record[..])?;
-                        record
+                        (num, r.clone(), record)
                     }
                     None => {
                         let v = files.get(&fid.as_bytes()[..])?;
-                        let v = v.ok_or_else(|| Error::corrupt(format!("file {fid} vanished during ingest")))?;
-                        v.value().to_vec()
+                        let record = v.ok_or_else(|| Error::corrupt(format!("file {fid} vanished during ingest")))?;
+                        let record = record.value().to_vec();
+                        let (num, r) = index::decode_file(&record)?;
+                        (num, r, record)
                     }
                 };
-                let (num, r) = index::decode_file(&record)?;
                 object_files.push((*fid, record));
                 let mut e = MapEntry { file: num, chunks: Vec::with_capacity(r.chunks.len()) };
                 for (cid, _) in &r.chunks {

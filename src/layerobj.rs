@@ -184,9 +184,7 @@ impl Store {
             .and_then(|()| self.backend.put_layer(id, &obj.encode()));
         if r.is_err() {
             if already_present || self.backend.delete_layer(id).is_ok() {
-                for (p, _) in packs {
-                    self.unpublish_pack(*p);
-                }
+                self.unpublish_packs(packs);
             } else {
                 self.unsettled.keep();
             }

@@ -199,9 +199,7 @@ impl Remote {
 
     /// Tell the hub the client now holds `layers`.
     pub fn ack(&self, client: &ClientId, layers: &[LayerId]) -> Result<()> {
-        let ls: Vec<String> = layers.iter().map(|l| l.to_string()).collect();
-        self.post_json("acknowledging", &format!("/clients/{client}/ack"), serde_json::json!({ "layers": ls }))?;
-        Ok(())
+        self.hold(client, layers).map(|_| ())
     }
 
     /// Every client the hub knows (an admin token).

@@ -235,6 +235,13 @@ impl Store {
         }
     }
 
+    /// [`Self::unpublish_pack`] each of `packs` (as a writer lists what it published).
+    pub(crate) fn unpublish_packs(&self, packs: &[(PackId, PackInfo)]) {
+        for (p, _) in packs {
+            self.unpublish_pack(*p);
+        }
+    }
+
     /// Number new packs past every pack the backend holds.
     fn number_packs_past_backend(&self) -> Result<()> {
         if let Some(max) = self.backend.list_packs()?.iter().map(|p| p.0).max() {
