@@ -111,6 +111,28 @@ fn sets_of(
     Ok((m.file_set(), m.chunk_set()))
 }
 
+/// Rows of LAYER_SETS that disagree with their layer's number map (or have
+/// none), as `(layer key in hex, problem)`: for `verify`.
+pub(crate) fn stale_layer_sets(tx: &redb::ReadTransaction) -> Result<Vec<(String, String)>> {
+    let (sets, maps) = (tx.open_table(LAYER_SETS)?, tx.open_table(LAYER_MAPS)?);
+    let mut bad = Vec::new();
+    for e in sets.iter()? {
+        let (k, v) = e?;
+        let key = hex::encode(k.value());
+        let problem = match (maps.get(k.value())?, decode_sets(v.value())) {
+            (None, _) => "file and chunk sets of a layer the index lacks".to_string(),
+            (_, Err(e)) => format!("file and chunk sets: {e}"),
+            (Some(m), Ok(got)) => match LayerMap::decode(m.value()) {
+                Ok(m) if (m.file_set(), m.chunk_set()) == got => continue,
+                Ok(_) => "file and chunk sets disagree with the number map".to_string(),
+                Err(_) => continue, // the map's own damage is reported by the layer check
+            },
+        };
+        bad.push((key, problem));
+    }
+    Ok(bad)
+}
+
 /// Make sure LAYER_SETS holds each layer's sets (in the transaction that
 /// records a client holding them).
 fn store_sets(tx: &redb::WriteTransaction, layers: &[LayerId]) -> Result<()> {

@@ -7,7 +7,7 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ChunkId, FileId, LayerId, PackId};
-use crate::index::{self, PackInfo, BLOBS, CHUNKS, FILES, LAYERS, LAYER_MAPS, META, PACKS, RECIPES};
+use crate::index::{self, PackInfo, BLOBS, CHUNKS, FILES, LAYERS, LAYER_MAPS, LAYER_SETS, META, PACKS, RECIPES};
 use crate::layermap::{LayerMap, MapEntry};
 use crate::layerobj::LayerObject;
 use crate::pack::{self, ChunkLoc};
@@ -186,10 +186,13 @@ impl Store {
 
         // 5. One transaction replaces everything but the possession records.
         let tx = self.db.begin_write()?;
-        for t in [CHUNKS, FILES, LAYERS, RECIPES, BLOBS, LAYER_MAPS] {
+        // LAYER_SETS hold numbers the rebuild may have changed; diffs derive
+        // them again from LAYER_MAPS, and holding a layer stores them anew.
+        for t in [CHUNKS, FILES, LAYERS, RECIPES, BLOBS, LAYER_MAPS, LAYER_SETS] {
             tx.delete_table(t)?;
         }
         tx.delete_table(PACKS)?;
+        tx.open_table(LAYER_SETS)?;
         {
             let mut t = tx.open_table(CHUNKS)?;
             for id in &chunk_order {
@@ -335,5 +338,46 @@ mod tests {
         assert_eq!((s.layers, s.skipped.len(), s.renumbered_files), (3, 0, false));
         assert_eq!(dump(&fresh), before);
         assert!(fresh.verify(crate::VerifyOptions { full: true }).unwrap().is_clean());
+    }
+
+    /// A reindex that renumbers chunks must not leave a client's diff on the
+    /// old numbers (the layer sets stored when it came to hold a layer).
+    #[test]
+    fn renumbering_reindex_drops_stale_layer_sets() {
+        let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        let d1 = tempfile::tempdir().unwrap();
+        let s =
+            Store::open_with(d1.path(), StoreOptions { backend: Some(backend.clone()), ..Default::default() }).unwrap();
+        let (x, y) = (noise(200_000, 7), noise(200_000, 8));
+        let a = s.ingest(&tar(&[("x", x.clone())])[..], &IngestOptions::default()).unwrap().layer.id;
+        // A pack from another store lands before this store's packs: the
+        // rebuild numbers its chunks first.
+        let d2 = tempfile::tempdir().unwrap();
+        let other = Store::open(d2.path()).unwrap();
+        other.ingest(&tar(&[("f", noise(300_000, 9))])[..], &IngestOptions::default()).unwrap();
+        let staged = d2.path().join("foreign.pack");
+        std::fs::write(&staged, &other.backend.read_whole_pack(other.backend.list_packs().unwrap()[0]).unwrap()[..])
+            .unwrap();
+        backend.put_pack(crate::ids::PackId(0), &staged).unwrap();
+        let b = s.ingest(&tar(&[("y", y.clone())])[..], &IngestOptions::default()).unwrap().layer.id;
+        // y2 shares y's leading chunks: the diff credits them by chunk number.
+        let y2 = [&y[..150_000], &noise(100_000, 10)[..]].concat();
+        let c = s.ingest(&tar(&[("x", x), ("y2", y2)])[..], &IngestOptions::default()).unwrap();
+        let client = crate::ClientId::new("edge").unwrap();
+        s.add_client(&client).unwrap();
+        s.hold(&client, &[a, b]).unwrap();
+        let before = s.diff(&client, &c.layer.id).unwrap().summary;
+        let r = s.reindex().unwrap();
+        assert_eq!(r.layers, 3, "the foreign pack has no layer object");
+        let after = s.diff(&client, &c.layer.id).unwrap().summary;
+        assert_eq!(
+            (after.held_files, after.partial_held_bytes, after.missing_bytes),
+            (before.held_files, before.partial_held_bytes, before.missing_bytes)
+        );
+        assert_eq!(after.held_files, 1);
+        assert!(after.partial_held_bytes > 0, "{after:?}");
+        // The sets stored when the client came to hold a and b are gone with
+        // their numbers (verify compares any that are kept with the maps).
+        assert!(s.verify(crate::VerifyOptions::default()).unwrap().is_clean());
     }
 }

@@ -205,6 +205,9 @@ impl Store {
                 report.damaged.push(damage("layer", info.id, problem));
             }
         }
+        for (id, problem) in crate::possession::stale_layer_sets(&tx)? {
+            report.damaged.push(damage("layer", id, problem));
+        }
         if opts.full {
             let ids: Vec<LayerId> = self.layers()?.into_iter().map(|l| l.id).collect();
             let bad: Vec<Damage> = ids
