@@ -12,6 +12,61 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// The index's file name in a store directory.
+const INDEX_FILE: &str = "chunkstore.redb";
+
+/// What a store directory may hold besides its index (`lost+found`: a store
+/// on a volume of its own).
+const STORE_ENTRIES: &[&str] = &["packs", "layers", "tmp", "partial", "unsettled", "token.key", "lost+found"];
+
+/// Refuse to open a store where one cannot be: a path that is not a
+/// directory, or a directory holding files no store would, since opening
+/// creates directories there and clears staged packs from its `tmp/`.
+fn check_store_dir(dir: &Path) -> Result<()> {
+    let io = |e| Error::io(format!("opening {}", dir.display()), e);
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(e)),
+        Ok(m) if !m.is_dir() => {
+            return Err(Error::new(ErrorKind::Config, format!("{} is not a directory", dir.display())));
+        }
+        Ok(_) => {}
+    }
+    if dir.join(INDEX_FILE).exists() {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let name = entry.map_err(io)?.file_name();
+        let name = name.to_string_lossy();
+        // `token.key.<pid>`: a key being written.
+        if !STORE_ENTRIES.contains(&&*name) && !name.starts_with("token.key.") {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "{} is not a chunkstore store and is not empty (it holds {name:?}): \
+                     give a new or empty directory, or an existing store",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Remove the packs staged in `staging` (named as [`PackId::file_name`]
+/// names them); anything else there is not ours to delete.
+fn clear_staged_packs(staging: &Path) -> Result<()> {
+    let io = |e| Error::io(format!("clearing {}", staging.display()), e);
+    for entry in std::fs::read_dir(staging).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let ours = entry.file_name().to_str().and_then(PackId::from_file_name).is_some();
+        if ours && entry.file_type().map_err(io)?.is_file() {
+            std::fs::remove_file(entry.path()).map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
 /// How to open a store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -100,13 +155,14 @@ impl Store {
         let dir = dir.as_ref().to_path_buf();
         let mkdir =
             |p: &Path| std::fs::create_dir_all(p).map_err(|e| Error::io(format!("creating {}", p.display()), e));
+        check_store_dir(&dir)?;
         mkdir(&dir)?;
         let staging = dir.join("tmp");
         let backend: Arc<dyn Backend> = match &opts.backend {
             Some(b) => b.clone(),
             None => Arc::new(LocalBackend::with_dirs(dir.join("packs"), dir.join("layers"))?),
         };
-        let db_path = dir.join("chunkstore.redb");
+        let db_path = dir.join(INDEX_FILE);
         let db = Database::create(&db_path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => {
                 Error::new(ErrorKind::Busy, format!("store {} is in use by another process", dir.display()))
@@ -114,12 +170,10 @@ impl Store {
             e => Error::index(e).context(format!("opening {}", db_path.display())),
         })?;
         let unsettled = Unsettled::open(&dir);
-        // Anything in tmp/ is a pack an ingest never sealed. Cleared only once
-        // the index lock is ours: another process's live ingest stages there.
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging).map_err(|e| Error::io(format!("clearing {}", staging.display()), e))?;
-        }
+        // A pack staged in tmp/ is one an ingest never sealed. Cleared only
+        // once the index lock is ours: another process's live ingest stages there.
         mkdir(&staging)?;
+        clear_staged_packs(&staging)?;
         // A fresh index over a backend that already holds layers takes the
         // chunker sizes they were made with.
         let fresh = Self::index_is_empty(&db)?;

@@ -2,6 +2,7 @@
 //! process on tars written by real tools.
 
 mod bad_input;
+mod cli;
 mod common;
 mod crash;
 pub(crate) mod dedup;
