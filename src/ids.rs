@@ -124,6 +124,13 @@ impl ClientId {
     }
 }
 
+impl std::str::FromStr for ClientId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        ClientId::new(s)
+    }
+}
+
 impl<'de> serde::Deserialize<'de> for ClientId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;

@@ -177,11 +177,97 @@ impl<R: Read> Read for DecodeErrors<R> {
             let at = self.count.load(Ordering::Relaxed);
             let msg = if e.kind() == io::ErrorKind::UnexpectedEof {
                 format!("truncated {} stream (input ends at compressed offset {at})", self.format)
+            } else if e.get_ref().is_some_and(|i| i.is::<AfterGzip>()) {
+                format!("{e} (near compressed offset {at})")
+            } else if self.format == "zstd" && e.to_string().contains("too much memory") {
+                // zstd's default limit: a window of 2^27 bytes (`zstd --long=27`).
+                format!(
+                    "zstd frame near compressed offset {at} needs a window over 128 MiB (made with \
+                     `zstd --long=28` or more?); chunkstore decodes windows up to 128 MiB to bound its memory"
+                )
             } else {
                 format!("corrupt {} data near compressed offset {at}: {e}", self.format)
             };
             Error::invalid(msg).into()
         })
+    }
+}
+
+/// Data after the last gzip member that is neither padding nor a member.
+#[derive(Debug)]
+struct AfterGzip;
+
+impl std::fmt::Display for AfterGzip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("data after the end of the gzip stream that is not another gzip member")
+    }
+}
+
+impl std::error::Error for AfterGzip {}
+
+/// gzip members one after another, read as `gzip -d` reads them: zero bytes
+/// after a member are padding (tape blocking, some registries' writers), so
+/// they end the stream; anything else there must be another member.
+/// (flate2's MultiGzDecoder refuses the padding as a bad header.)
+enum GzMembers<R: BufRead> {
+    Member(Box<flate2::bufread::GzDecoder<R>>),
+    Between(R),
+    Padding(R),
+    Poisoned,
+}
+
+impl<R: BufRead> GzMembers<R> {
+    fn new(r: R) -> Self {
+        GzMembers::Member(Box::new(flate2::bufread::GzDecoder::new(r)))
+    }
+}
+
+impl<R: BufRead> Read for GzMembers<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match std::mem::replace(self, GzMembers::Poisoned) {
+                GzMembers::Member(mut d) => {
+                    let n = match d.read(buf) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            // Interrupted is retried by the caller.
+                            *self = GzMembers::Member(d);
+                            return Err(e);
+                        }
+                    };
+                    *self = if n == 0 && !buf.is_empty() {
+                        GzMembers::Between(d.into_inner())
+                    } else {
+                        GzMembers::Member(d)
+                    };
+                    if n > 0 || buf.is_empty() {
+                        return Ok(n);
+                    }
+                }
+                GzMembers::Between(mut r) => match r.fill_buf()?.first() {
+                    None => {
+                        *self = GzMembers::Between(r);
+                        return Ok(0);
+                    }
+                    Some(0) => *self = GzMembers::Padding(r),
+                    Some(0x1f) => *self = GzMembers::new(r),
+                    Some(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, AfterGzip)),
+                },
+                GzMembers::Padding(mut r) => {
+                    let b = r.fill_buf()?;
+                    if b.iter().any(|&x| x != 0) {
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, AfterGzip));
+                    }
+                    let n = b.len();
+                    r.consume(n);
+                    *self = GzMembers::Padding(r);
+                    if n == 0 {
+                        return Ok(0);
+                    }
+                }
+                GzMembers::Poisoned => return Err(io::Error::other("gzip reader used after an error")),
+            }
+        }
     }
 }
 
@@ -227,7 +313,7 @@ pub(crate) fn open<'a, R: Read + 'a>(mut r: R, counter: Arc<AtomicU64>) -> Resul
         c => {
             let (blocks, digest) = HashedBlocks::new(raw)?;
             let (format, dec): (_, Box<dyn Read + 'a>) = if c == Compression::Gzip {
-                ("gzip", Box::new(flate2::bufread::MultiGzDecoder::new(blocks)))
+                ("gzip", Box::new(GzMembers::new(blocks)))
             } else {
                 let d = zstd::stream::read::Decoder::with_buffer(blocks).map_err(|e| Error::io("zstd decoder", e))?;
                 ("zstd", Box::new(d))

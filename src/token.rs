@@ -29,6 +29,13 @@ pub enum Scope {
     Admin,
 }
 
+impl std::str::FromStr for Scope {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Scope::parse(s)
+    }
+}
+
 impl Scope {
     /// Parse `pull`, `push` or `admin`.
     pub fn parse(s: &str) -> Result<Scope> {
@@ -148,7 +155,10 @@ pub fn issue_token_at(dir: &Path, client: &ClientId, scope: Scope, ttl: Duration
     let key = key_at(dir)?;
     let mut nonce = [0u8; 9];
     getrandom::getrandom(&mut nonce).map_err(|e| Error::io("no randomness", std::io::Error::other(e.to_string())))?;
-    let body = format!("{PREFIX}.{client}.{}.{}.{}", scope.as_str(), now() + ttl.as_secs(), B64.encode(nonce));
+    let expires = now()
+        .checked_add(ttl.as_secs())
+        .ok_or_else(|| Error::invalid(format!("token lifetime of {} s is too long", ttl.as_secs())))?;
+    let body = format!("{PREFIX}.{client}.{}.{expires}.{}", scope.as_str(), B64.encode(nonce));
     let sig = B64.encode(mac(&key, &body).finalize().into_bytes());
     Ok(format!("{body}.{sig}"))
 }

@@ -227,7 +227,21 @@ fn truncated_and_corrupt_compressed_streams() {
     z.extend_from_slice(b"\x1f\x8bnot a gzip member");
     let p = write(d, "trailing-garbage.tar.gz", &z);
     reject(&store, &p, &["gzip"]);
+    // Bytes that are neither padding nor a member, right after the stream or after padding.
+    let z = std::fs::read(d.join("l.tar.gz")).unwrap();
+    for (name, tail) in [("junk", &b"JUNK\n"[..]), ("padded-junk", &[&[0u8; 512][..], b"x"].concat()[..])] {
+        let p = write(d, &format!("{name}.tar.gz"), &[&z[..], tail].concat());
+        reject(&store, &p, &["data after the end of the gzip stream"]);
+    }
     assert_eq!(layer_ids(&store), Vec::<String>::new());
+    // Zero padding after the last member is accepted, as by gzip -d; the
+    // blob digest covers the file as given.
+    let padded = [&z[..], &[0u8; 1024][..]].concat();
+    let p = write(d, "padded.tar.gz", &padded);
+    let s = cs_json(&store, &["ingest", p.to_str().unwrap()]);
+    assert_eq!(s[0]["blob"], format!("sha256:{}", sha256_hex(&padded)));
+    assert_eq!(s[0]["input"], p.to_str().unwrap());
+    assert_eq!(export(&store, s[0]["id"].as_str().unwrap()), std::fs::read(d.join("l.tar")).unwrap());
     assert_store_healthy(&store);
 }
 

@@ -362,7 +362,8 @@ fn client_names_are_checked_and_unique() {
     let hub = &fx.hub;
     for bad in ["Edge", "-x", &"a".repeat(65), "a/b", ""] {
         let o = cs(hub, &["client", "add", "--", bad]);
-        assert_eq!(o.status.code(), Some(1), "{bad:?}: {}", stderr(&o));
+        // A usage error, as every bad argument value.
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stderr(&o));
         assert!(stderr(&o).contains("invalid client name"), "{bad:?}: {}", stderr(&o));
     }
     // Without `--`, `-x` is an unknown option: a usage error.

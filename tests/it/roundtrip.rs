@@ -616,9 +616,11 @@ fn layer_prefixes_resolve_or_fail_clearly() {
         assert_eq!(o.status.code(), Some(1), "{layer}: {err}");
         assert!(err.contains(needle), "{layer}: want {needle:?} in {err}");
         assert!(!d.join("never.tar").exists(), "a failed export leaves no output file");
+        // With the tar going to stdout, the JSON error goes to stderr.
         let o = cs(&store, &["--json", "export", layer, "-o", "-"]);
         assert_ne!(o.status.code(), Some(0));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("--json error object");
+        assert!(o.stdout.is_empty());
+        let v: serde_json::Value = serde_json::from_slice(&o.stderr).expect("--json error object");
         assert_eq!(v["error"]["kind"], kind, "{v}");
         assert!(v["error"]["message"].as_str().unwrap().contains(needle), "{v}");
     };

@@ -1,5 +1,6 @@
 //! `chunkstore apply FILE`
 
+use crate::output::outln;
 use crate::{output, Ctx, Outcome};
 use anyhow::{Context, Result};
 use chunkstore::{ApplyOutcome, IngestOptions};
@@ -31,14 +32,14 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     match outcome {
         ApplyOutcome::Applied(s) => {
             if !ctx.json {
-                println!("{}  applied from {name}", s.layer.id);
-                println!(
+                outln!("{}  applied from {name}", s.layer.id)?;
+                outln!(
                     "  {} tar, {} files; new here: {} chunks, {} stored",
                     output::bytes(s.layer.tar_size),
                     s.layer.files,
                     s.new_chunks,
                     output::bytes(s.new_stored_bytes)
-                );
+                )?;
             }
             Ok(Outcome::Ok)
         }

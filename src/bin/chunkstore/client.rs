@@ -1,5 +1,6 @@
 //! `chunkstore client [--hub URL] add|ls|show|rm|hold|drop`
 
+use crate::output::outln;
 use crate::{output, Ctx, Outcome};
 use anyhow::Result;
 use chunkstore::{ClientId, ClientInfo, LayerId, Remote, Store};
@@ -26,22 +27,22 @@ pub struct Args {
 #[derive(clap::Subcommand)]
 enum Verb {
     /// Register a client holding nothing
-    Add { name: String },
+    Add { name: ClientId },
     /// List clients
     Ls,
     /// Show a client's layers, files, chunks and bytes held
-    Show { name: String },
+    Show { name: ClientId },
     /// Forget a client
-    Rm { name: String },
+    Rm { name: ClientId },
     /// Record that a client holds layers
     Hold {
-        name: String,
+        name: ClientId,
         #[arg(required = true)]
         layers: Vec<String>,
     },
     /// Record that a client has evicted layers
     Drop {
-        name: String,
+        name: ClientId,
         #[arg(required = true)]
         layers: Vec<String>,
     },
@@ -62,25 +63,21 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
 fn local(ctx: &Ctx, verb: Verb) -> Result<()> {
     let store = ctx.open()?;
     match verb {
-        Verb::Add { name } => {
-            let c = ClientId::new(&name)?;
+        Verb::Add { name: c } => {
             store.add_client(&c)?;
             report(ctx, &store.client(&c)?, "added")
         }
-        Verb::Rm { name } => {
-            let c = ClientId::new(&name)?;
+        Verb::Rm { name: c } => {
             store.remove_client(&c)?;
             removed(ctx, &c)
         }
         Verb::Ls => list(ctx, &store.clients()?),
-        Verb::Show { name } => report(ctx, &store.client(&ClientId::new(&name)?)?, ""),
-        Verb::Hold { name, layers: l } => {
-            let c = ClientId::new(&name)?;
+        Verb::Show { name } => report(ctx, &store.client(&name)?, ""),
+        Verb::Hold { name: c, layers: l } => {
             store.hold(&c, &layers(&store, &l)?)?;
             report(ctx, &store.client(&c)?, "now holds")
         }
-        Verb::Drop { name, layers: l } => {
-            let c = ClientId::new(&name)?;
+        Verb::Drop { name: c, layers: l } => {
             store.evict(&c, &layers(&store, &l)?)?;
             report(ctx, &store.client(&c)?, "now holds")
         }
@@ -91,16 +88,15 @@ fn remote(ctx: &Ctx, hub: &Remote, verb: Verb) -> Result<()> {
     let resolve =
         |names: &[String]| -> Result<Vec<LayerId>> { names.iter().map(|l| Ok(hub.resolve_layer(l)?)).collect() };
     match verb {
-        Verb::Add { name } => report(ctx, &hub.add_client(&ClientId::new(&name)?)?, "added"),
-        Verb::Rm { name } => {
-            let c = ClientId::new(&name)?;
+        Verb::Add { name } => report(ctx, &hub.add_client(&name)?, "added"),
+        Verb::Rm { name: c } => {
             hub.remove_client(&c)?;
             removed(ctx, &c)
         }
         Verb::Ls => list(ctx, &hub.clients()?),
-        Verb::Show { name } => report(ctx, &hub.client(&ClientId::new(&name)?)?, ""),
-        Verb::Hold { name, layers: l } => report(ctx, &hub.hold(&ClientId::new(&name)?, &resolve(&l)?)?, "now holds"),
-        Verb::Drop { name, layers: l } => report(ctx, &hub.evict(&ClientId::new(&name)?, &resolve(&l)?)?, "now holds"),
+        Verb::Show { name } => report(ctx, &hub.client(&name)?, ""),
+        Verb::Hold { name, layers: l } => report(ctx, &hub.hold(&name, &resolve(&l)?)?, "now holds"),
+        Verb::Drop { name, layers: l } => report(ctx, &hub.evict(&name, &resolve(&l)?)?, "now holds"),
     }
 }
 
@@ -108,7 +104,7 @@ fn removed(ctx: &Ctx, c: &ClientId) -> Result<()> {
     if ctx.json {
         output::json(&serde_json::json!({ "removed": c }))?;
     } else {
-        println!("removed client {c}");
+        outln!("removed client {c}")?;
     }
     Ok(())
 }
@@ -117,16 +113,16 @@ fn list(ctx: &Ctx, all: &[ClientInfo]) -> Result<()> {
     if ctx.json {
         return output::json(&all);
     }
-    println!("{:<24} {:>6} {:>8} {:>8} {:>10}", "CLIENT", "LAYERS", "FILES", "CHUNKS", "BYTES");
+    outln!("{:<24} {:>6} {:>8} {:>8} {:>10}", "CLIENT", "LAYERS", "FILES", "CHUNKS", "BYTES")?;
     for c in all {
-        println!(
+        outln!(
             "{:<24} {:>6} {:>8} {:>8} {:>10}",
             c.name.as_str(),
             c.layers.len(),
             c.files,
             c.chunks,
             output::bytes(c.layer_bytes)
-        );
+        )?;
     }
     Ok(())
 }
@@ -135,7 +131,7 @@ fn report(ctx: &Ctx, info: &ClientInfo, what: &str) -> Result<()> {
     if ctx.json {
         return output::json(info);
     }
-    println!(
+    outln!(
         "client {} {what}{}{} layers, {} files, {} chunks, {} of layers",
         info.name,
         if what.is_empty() { "" } else { ": " },
@@ -143,9 +139,9 @@ fn report(ctx: &Ctx, info: &ClientInfo, what: &str) -> Result<()> {
         info.files,
         info.chunks,
         output::bytes(info.layer_bytes)
-    );
+    )?;
     for l in &info.layers {
-        println!("  {l}");
+        outln!("  {l}")?;
     }
     Ok(())
 }

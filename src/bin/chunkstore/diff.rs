@@ -1,5 +1,6 @@
 //! `chunkstore diff --client NAME LAYER`
 
+use crate::output::outln;
 use crate::{output, Ctx, Outcome};
 use anyhow::Result;
 use chunkstore::{ClientId, DiffOptions, FileState};
@@ -9,7 +10,7 @@ use chunkstore::{ClientId, DiffOptions, FileState};
 pub struct Args {
     /// The client
     #[arg(long)]
-    client: String,
+    client: ClientId,
     /// Layer digest or unique prefix
     layer: String,
     /// List every file with its encoding
@@ -23,7 +24,7 @@ pub struct Args {
 pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     let store = ctx.open()?;
     let layer = store.resolve_layer(&args.layer)?;
-    let d = store.diff_with(&ClientId::new(&args.client)?, &layer, DiffOptions { deltas: !args.no_deltas })?;
+    let d = store.diff_with(&args.client, &layer, DiffOptions { deltas: !args.no_deltas })?;
     if ctx.json {
         if args.files {
             output::json(&d)?;
@@ -33,38 +34,38 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
         return Ok(Outcome::Ok);
     }
     let s = &d.summary;
-    println!("layer {} against client {}", d.layer, d.client);
-    println!("{:<10} {:>8} {:>12} {:>12}", "ENCODING", "FILES", "HELD", "CARRIED");
-    println!("{:<10} {:>8} {:>12} {:>12}", "held", s.held_files, output::bytes(s.held_bytes), "0 B");
-    println!(
+    outln!("layer {} against client {}", d.layer, d.client)?;
+    outln!("{:<10} {:>8} {:>12} {:>12}", "ENCODING", "FILES", "HELD", "CARRIED")?;
+    outln!("{:<10} {:>8} {:>12} {:>12}", "held", s.held_files, output::bytes(s.held_bytes), "0 B")?;
+    outln!(
         "{:<10} {:>8} {:>12} {:>12}",
         "partial",
         s.partial_files,
         output::bytes(s.partial_held_bytes),
         output::bytes(s.partial_carried_bytes)
-    );
-    println!(
+    )?;
+    outln!(
         "{:<10} {:>8} {:>12} {:>12}  (files of {})",
         "delta",
         s.delta_files,
         "0 B",
         output::bytes(s.delta_bytes),
         output::bytes(s.delta_file_bytes)
-    );
-    println!("{:<10} {:>8} {:>12} {:>12}", "missing", s.missing_files, "0 B", output::bytes(s.missing_bytes));
-    println!(
+    )?;
+    outln!("{:<10} {:>8} {:>12} {:>12}", "missing", s.missing_files, "0 B", output::bytes(s.missing_bytes))?;
+    outln!(
         "{:<10} {:>8} {:>12} {:>12}",
         "total",
         s.files,
         output::bytes(s.held_bytes + s.partial_held_bytes),
         output::bytes(s.carried_bytes)
-    );
-    println!(
+    )?;
+    outln!(
         "dedup tarball: {} uncompressed ({} bytes) for a {} layer",
         output::bytes(s.dedup_tar_bytes),
         s.dedup_tar_bytes,
         output::bytes(s.layer_bytes)
-    );
+    )?;
     if args.files {
         for f in &d.files {
             let state = match f.state {
@@ -73,12 +74,12 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
                 FileState::Missing => "missing",
                 FileState::Delta => "delta",
             };
-            println!(
+            outln!(
                 "{state:<8} {:>10} {:>10}  {}",
                 f.size,
                 f.carried_bytes,
                 if f.path.is_empty() { "(data)" } else { &f.path }
-            );
+            )?;
         }
     }
     Ok(Outcome::Ok)

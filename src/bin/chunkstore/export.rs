@@ -16,6 +16,7 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
+    ctx.data_on_stdout.set(args.output.as_os_str() == "-");
     let store = ctx.open()?;
     let id = store.resolve_layer(&args.layer)?;
     if args.output.as_os_str() == "-" {

@@ -1,5 +1,6 @@
 //! `chunkstore gc [--grace 7d] [--dry-run]`
 
+use crate::output::outln;
 use crate::{output, Ctx, Outcome};
 use anyhow::Result;
 use chunkstore::GcOptions;
@@ -11,21 +12,21 @@ use chunkstore::GcOptions;
 #[derive(clap::Args)]
 pub struct Args {
     /// Keep packs written less than this long ago: e.g. 90s, 30m, 1h, 7d
-    #[arg(long, default_value = "7d")]
-    grace: String,
+    #[arg(long, default_value = "7d", value_parser = crate::token::duration)]
+    grace: std::time::Duration,
     /// Report what would be deleted, delete nothing
     #[arg(long)]
     dry_run: bool,
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
-    let grace = crate::token::parse_duration("--grace", &args.grace)?;
+    let grace = args.grace;
     let store = ctx.open()?;
     let s = store.gc(&GcOptions { grace, dry_run: args.dry_run })?;
     if ctx.json {
         output::json(&s)?;
     } else {
-        println!(
+        outln!(
             "{} {} unused pack(s), {}; {} pack(s) in all, {} not in the index ({} younger than --grace, {} holding needed chunks)",
             if s.dry_run { "would delete" } else { "deleted" },
             s.deleted.len(),
@@ -34,7 +35,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
             s.unnamed,
             s.kept_young.len(),
             s.kept_needed.len()
-        );
+        )?;
     }
     Ok(Outcome::Ok)
 }

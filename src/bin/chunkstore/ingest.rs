@@ -1,5 +1,6 @@
 //! `chunkstore ingest FILE...`
 
+use crate::output::outln;
 use crate::{output, Ctx, Outcome};
 use anyhow::{Context, Result};
 use chunkstore::IngestOptions;
@@ -16,18 +17,28 @@ pub struct Args {
     files: Vec<PathBuf>,
 }
 
+/// One input's result, named, for `--json`.
+#[derive(serde::Serialize)]
+struct Ingested {
+    input: String,
+    #[serde(flatten)]
+    summary: chunkstore::IngestSummary,
+}
+
 pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     let store = ctx.open()?;
     let mut summaries = Vec::new();
     // Per-file failures; with `--json` they go into the one document printed at the end.
     let mut errors = Vec::new();
-    let mut fail = |e: &anyhow::Error| {
+    let mut fail = |name: &str, e: &anyhow::Error| {
         if ctx.json {
             eprintln!("chunkstore: {}", output::message(e));
         } else {
             output::report_error(ctx, e);
         }
-        errors.push(output::error_json(e));
+        let mut j = output::error_json(e);
+        j["input"] = name.into();
+        errors.push(j);
     };
     for path in &args.files {
         let name = path.display().to_string();
@@ -40,7 +51,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
                     (Box::new(f), len)
                 }
                 Err(e) => {
-                    fail(&anyhow::Error::new(e).context(format!("{name}: cannot open")));
+                    fail(&name, &anyhow::Error::new(e).context(format!("{name}: cannot open")));
                     continue;
                 }
             }
@@ -54,8 +65,8 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
                 if !ctx.json {
                     let l = &s.layer;
                     let mbps = s.layer.tar_size as f64 / s.seconds.max(1e-9) / 1e6;
-                    println!("{}  {name}", l.id);
-                    println!(
+                    outln!("{}  {name}", l.id)?;
+                    outln!(
                         "  {} tar, {} entries, {} files, {} chunks; new: {} chunks, {} stored{} ({:.2} s, {mbps:.0} MB/s)",
                         output::bytes(l.tar_size),
                         l.entries,
@@ -65,11 +76,11 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
                         output::bytes(s.new_stored_bytes),
                         if s.already_present { "; layer was already present" } else { "" },
                         s.seconds,
-                    );
+                    )?;
                 }
-                summaries.push(s);
+                summaries.push(Ingested { input: name, summary: s });
             }
-            Err(e) => fail(&e),
+            Err(e) => fail(&name, &e),
         }
     }
     if ctx.json {

@@ -1,5 +1,6 @@
 //! `chunkstore ls`
 
+use crate::output::outln;
 use crate::{output, Ctx, Outcome};
 use anyhow::Result;
 
@@ -13,16 +14,16 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Outcome> {
         output::json(&layers)?;
         return Ok(Outcome::Ok);
     }
-    println!("{:<71}  {:>10}  {:>7}  {:>6}  COMPRESSION", "LAYER", "SIZE", "ENTRIES", "FILES");
+    outln!("{:<71}  {:>10}  {:>7}  {:>6}  COMPRESSION", "LAYER", "SIZE", "ENTRIES", "FILES")?;
     for l in &layers {
-        println!(
+        outln!(
             "{:<71}  {:>10}  {:>7}  {:>6}  {:?}",
             l.id.to_string(),
             output::bytes(l.tar_size),
             l.entries,
             l.files,
             l.compression
-        );
+        )?;
     }
     Ok(Outcome::Ok)
 }

@@ -75,6 +75,8 @@ pub struct Ctx {
     pub s3_url: Option<String>,
     pub read_only: bool,
     pub json: bool,
+    /// Set by a verb writing its data to stdout (`-o -`): reports go to stderr.
+    pub data_on_stdout: std::cell::Cell<bool>,
 }
 
 impl Ctx {
@@ -103,6 +105,10 @@ fn locate(store: Option<String>, cache_dir: Option<PathBuf>) -> Result<(PathBuf,
             .map(|d| (d.join("chunkstore"), None))
             .ok_or_else(|| "no store directory: pass --store DIR or set CHUNKSTORE_DIR".to_string());
     };
+    if s.is_empty() {
+        // Not the current directory: an unset variable expanded to nothing is a mistake.
+        return Err("--store (or CHUNKSTORE_DIR) is empty: give a directory or URL".to_string());
+    }
     if let Some(p) = s.strip_prefix("file://") {
         return Ok((PathBuf::from(p), None));
     }
@@ -152,7 +158,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let ctx = Ctx { store_dir, s3_url, read_only: cli.read_only, json: cli.json };
+    let ctx = Ctx { store_dir, s3_url, read_only: cli.read_only, json: cli.json, data_on_stdout: Default::default() };
     let result = match cli.verb {
         Verb::Ingest(a) => ingest::run(&ctx, a),
         Verb::Export(a) => export::run(&ctx, a),
@@ -173,6 +179,8 @@ fn main() -> ExitCode {
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Failed(code)) => ExitCode::from(code),
+        // The shell's code for a command killed by SIGPIPE.
+        Err(e) if output::is_broken_pipe(&ctx, &e) => ExitCode::from(141),
         Err(e) => {
             output::report_error(&ctx, &e);
             ExitCode::from(1)

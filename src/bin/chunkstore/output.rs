@@ -5,15 +5,70 @@ use serde::Serialize;
 
 /// Print `value` as JSON on stdout.
 pub fn json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
+    line(format_args!("{}", serde_json::to_string_pretty(value)?))
+}
+
+/// Standard output could not be written (closed pipe, full disk).
+#[derive(Debug)]
+pub struct StdoutError(pub std::io::Error);
+
+impl std::fmt::Display for StdoutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "writing to standard output: {}", self.0)
+    }
+}
+
+impl std::error::Error for StdoutError {}
+
+/// One line on stdout; an error, not `println!`'s panic, when stdout fails.
+pub fn line(args: std::fmt::Arguments) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args).and_then(|()| out.write_all(b"\n")).map_err(|e| StdoutError(e).into())
+}
+
+/// `println!` through [`line`]: returns `anyhow::Result<()>`.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::line(format_args!($($arg)*))
+    };
+}
+pub(crate) use outln;
+
+/// True when `e` is stdout's reader having gone away (`cmd | head`): the
+/// command stops quietly, as one killed by SIGPIPE would. A verb streaming
+/// its data to stdout writes nowhere else, so any broken pipe is stdout's.
+pub fn is_broken_pipe(ctx: &Ctx, e: &anyhow::Error) -> bool {
+    let pipe = |e: &std::io::Error| e.kind() == std::io::ErrorKind::BrokenPipe;
+    e.chain().any(|c| {
+        c.downcast_ref::<StdoutError>().is_some_and(|s| pipe(&s.0))
+            || (ctx.data_on_stdout.get() && c.downcast_ref::<std::io::Error>().is_some_and(pipe))
+    })
+}
+
+/// A verb's `--json` report: on stdout, or on stderr when stdout carries the
+/// verb's data (`-o -`).
+pub fn report<T: Serialize + ?Sized>(ctx: &Ctx, value: &T) -> anyhow::Result<()> {
+    if ctx.data_on_stdout.get() {
+        eprintln!("{}", serde_json::to_string_pretty(value)?);
+        Ok(())
+    } else {
+        json(value)
+    }
 }
 
 /// The error's kind, for scripts.
 fn kind(e: &anyhow::Error) -> String {
-    e.chain()
-        .find_map(|c| c.downcast_ref::<chunkstore::Error>())
-        .map_or_else(|| "other".to_string(), |e| format!("{:?}", e.kind()))
+    if let Some(e) = e.chain().find_map(|c| c.downcast_ref::<chunkstore::Error>()) {
+        return format!("{:?}", e.kind());
+    }
+    // The library's names for the operating system's errors.
+    match e.chain().find_map(|c| c.downcast_ref::<std::io::Error>()).map(|e| e.kind()) {
+        Some(std::io::ErrorKind::NotFound) => "NotFound",
+        Some(_) => "Io",
+        None => "Other",
+    }
+    .to_string()
 }
 
 /// The error and its causes on one line. The library's errors already show
@@ -37,11 +92,15 @@ pub fn error_json(e: &anyhow::Error) -> serde_json::Value {
     serde_json::json!({ "kind": kind(e), "message": message(e) })
 }
 
-/// Report a failure: text on stderr always, a JSON object on stdout with `--json`.
+/// Report a failure: text on stderr, and with `--json` a JSON object on stdout
+/// (on stderr instead of the text when stdout carries data).
 pub fn report_error(ctx: &Ctx, e: &anyhow::Error) {
-    eprintln!("chunkstore: {}", message(e));
+    // With data on stdout the JSON object is stderr's only content.
+    if !(ctx.json && ctx.data_on_stdout.get()) {
+        eprintln!("chunkstore: {}", message(e));
+    }
     if ctx.json {
-        let _ = json(&serde_json::json!({ "error": error_json(e) }));
+        let _ = report(ctx, &serde_json::json!({ "error": error_json(e) }));
     }
 }
 

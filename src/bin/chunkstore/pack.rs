@@ -11,7 +11,7 @@ use std::path::PathBuf;
 pub struct Args {
     /// The client it is for
     #[arg(long)]
-    client: String,
+    client: ClientId,
     /// Layer digest or unique prefix
     layer: String,
     /// Output file; `-` writes to standard output
@@ -23,9 +23,10 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
+    ctx.data_on_stdout.set(args.output.as_os_str() == "-");
     let store = ctx.open()?;
     let layer = store.resolve_layer(&args.layer)?;
-    let client = ClientId::new(&args.client)?;
+    let client = args.client;
     let diff = store.diff_with(&client, &layer, DiffOptions { deltas: true })?;
     let mut summary = if args.output.as_os_str() == "-" {
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -40,7 +41,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
         summary.assumed_applied = true;
     }
     if ctx.json {
-        output::json(&summary)?;
+        output::report(ctx, &summary)?;
     } else {
         eprintln!(
             "{layer} for {client}: {} dedup tarball ({} uncompressed; layer {}){}",

@@ -1,6 +1,7 @@
 //! `chunkstore pull --hub URL --client NAME LAYER`
 
 use crate::hub::HubArgs;
+use crate::output::outln;
 use crate::{output, Ctx, Outcome};
 use anyhow::Result;
 use chunkstore::{ClientId, TransferOptions, Via};
@@ -12,7 +13,7 @@ pub struct Args {
     hub: HubArgs,
     /// This edge's client name on the hub
     #[arg(long)]
-    client: String,
+    client: ClientId,
     /// dedup: the hub's dedup tarball for this client; chunks: only the chunks this store lacks
     #[arg(long, default_value = "dedup", value_parser = ["dedup", "chunks"])]
     via: String,
@@ -35,7 +36,7 @@ pub struct Args {
 pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     let store = ctx.open()?;
     let hub = args.hub.connect()?;
-    let client = ClientId::new(&args.client)?;
+    let client = args.client;
     let layer = hub.resolve_layer(&args.layer)?;
     let via = if args.via == "chunks" { Via::Chunks } else { Via::Dedup };
     let mut opts = TransferOptions { concurrency: args.concurrency, batch: args.batch, via, ..Default::default() };
@@ -55,10 +56,10 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     if ctx.json {
         output::json(&s)?;
     } else if s.already_present {
-        println!("{layer}: already here; acknowledged to the hub");
+        outln!("{layer}: already here; acknowledged to the hub")?;
     } else {
         let size = s.ingest.as_ref().map_or(0, |i| i.layer.tar_size);
-        println!(
+        outln!(
             "{layer}: pulled via {:?}{} in {:.2} s: {} received{} for a {} layer ({} chunks fetched)",
             s.via,
             if s.fell_back { " (fell back)" } else { "" },
@@ -71,7 +72,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
             },
             output::bytes(size),
             s.fetched_chunks
-        );
+        )?;
     }
     Ok(Outcome::Ok)
 }

@@ -1,6 +1,7 @@
 //! `chunkstore push --hub URL LAYER`
 
 use crate::hub::HubArgs;
+use crate::output::outln;
 use crate::{output, Ctx, Outcome};
 use anyhow::Result;
 use chunkstore::TransferOptions;
@@ -39,13 +40,13 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     if ctx.json {
         output::json(&s)?;
     } else {
-        println!(
+        outln!(
             "{layer}: pushed in {:.2} s: {} of {} chunks uploaded ({})",
             s.seconds,
             s.uploaded_chunks,
             s.chunks,
             output::bytes(s.uploaded_bytes)
-        );
+        )?;
     }
     Ok(Outcome::Ok)
 }

@@ -1,5 +1,6 @@
 //! `chunkstore reindex`
 
+use crate::output::outln;
 use crate::{output, Ctx, Outcome};
 use anyhow::Result;
 use chunkstore::StoreOptions;
@@ -15,15 +16,19 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Outcome> {
         output::json(&s)?;
         return Ok(Outcome::Ok);
     }
-    println!(
+    outln!(
         "reindexed {} layers, {} files, {} chunks in {} packs ({:.1} s)",
-        s.layers, s.files, s.chunks, s.packs, s.seconds
-    );
+        s.layers,
+        s.files,
+        s.chunks,
+        s.packs,
+        s.seconds
+    )?;
     if s.renumbered_files {
-        println!("file numbers were handed out anew: layer objects from more than one writer disagreed");
+        outln!("file numbers were handed out anew: layer objects from more than one writer disagreed")?;
     }
     for w in &s.skipped {
-        println!("skipped: {w}");
+        outln!("skipped: {w}")?;
     }
     Ok(Outcome::Ok)
 }

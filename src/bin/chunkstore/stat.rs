@@ -1,5 +1,6 @@
 //! `chunkstore stat`
 
+use crate::output::outln;
 use crate::{output, Ctx, Outcome};
 use anyhow::Result;
 
@@ -14,14 +15,14 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Outcome> {
         output::json(&serde_json::json!({ "store": store.dir(), "stats": s }))?;
         return Ok(Outcome::Ok);
     }
-    println!("store          {}", store.dir().display());
-    println!("layers         {}", s.layers);
-    println!("logical bytes  {} ({})", s.logical_bytes, output::bytes(s.logical_bytes));
-    println!("stored bytes   {} ({}) in {} packs", s.stored_bytes, output::bytes(s.stored_bytes), s.packs);
-    println!("recipe bytes   {} ({})", s.recipe_bytes, output::bytes(s.recipe_bytes));
-    println!("dedup ratio    {:.2}x", s.dedup_ratio);
-    println!("chunks         {} ({} raw)", s.chunks, output::bytes(s.chunk_bytes));
-    println!("files          {}", s.files);
-    println!("chunker        min {} avg {} max {}", s.chunker.min, s.chunker.avg, s.chunker.max);
+    outln!("store          {}", store.dir().display())?;
+    outln!("layers         {}", s.layers)?;
+    outln!("logical bytes  {} ({})", s.logical_bytes, output::bytes(s.logical_bytes))?;
+    outln!("stored bytes   {} ({}) in {} packs", s.stored_bytes, output::bytes(s.stored_bytes), s.packs)?;
+    outln!("recipe bytes   {} ({})", s.recipe_bytes, output::bytes(s.recipe_bytes))?;
+    outln!("dedup ratio    {:.2}x", s.dedup_ratio)?;
+    outln!("chunks         {} ({} raw)", s.chunks, output::bytes(s.chunk_bytes))?;
+    outln!("files          {}", s.files)?;
+    outln!("chunker        min {} avg {} max {}", s.chunker.min, s.chunker.avg, s.chunker.max)?;
     Ok(Outcome::Ok)
 }

@@ -1,5 +1,6 @@
 //! `chunkstore token issue --client NAME --scope SCOPE --ttl DURATION`
 
+use crate::output::outln;
 use crate::{output, Ctx, Outcome};
 use anyhow::Result;
 use chunkstore::{ClientId, Scope};
@@ -18,20 +19,21 @@ enum Verb {
     Issue {
         /// Who the token is for
         #[arg(long)]
-        client: String,
+        client: ClientId,
         /// pull, push or admin
         #[arg(long, default_value = "pull")]
-        scope: String,
+        scope: Scope,
         /// How long it is valid: e.g. 90s, 30m, 1h, 7d
-        #[arg(long, default_value = "1h")]
-        ttl: String,
+        #[arg(long, default_value = "1h", value_parser = duration)]
+        ttl: Duration,
     },
 }
 
-/// A duration given as e.g. 90s, 30m, 1h or 7d, for option `flag`.
-pub fn parse_duration(flag: &str, s: &str) -> Result<Duration> {
+/// A duration given as e.g. 90s, 30m, 1h or 7d (a clap value parser: a bad
+/// one is a usage error).
+pub fn duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let bad = || anyhow::anyhow!("bad {flag} {s:?}: use e.g. 90s, 30m, 1h, 7d");
+    let bad = || format!("{s:?} is not a duration: use e.g. 90s, 30m, 1h, 7d");
     let n: u64 = num.parse().map_err(|_| bad())?;
     let unit = match unit {
         "" | "s" => 1,
@@ -45,9 +47,6 @@ pub fn parse_duration(flag: &str, s: &str) -> Result<Duration> {
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     let Verb::Issue { client, scope, ttl } = args.verb;
-    let client = ClientId::new(&client)?;
-    let scope = Scope::parse(&scope)?;
-    let ttl = parse_duration("--ttl", &ttl)?;
     // Works while `serve` holds the store open: only the key file is read.
     let token = chunkstore::issue_token_at(&ctx.store_dir, &client, scope, ttl)?;
     if ctx.json {
@@ -55,7 +54,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
             &serde_json::json!({ "token": token, "client": client, "scope": scope, "ttl_seconds": ttl.as_secs() }),
         )?;
     } else {
-        println!("{token}");
+        outln!("{token}")?;
     }
     Ok(Outcome::Ok)
 }

@@ -1,5 +1,6 @@
 //! `chunkstore verify`
 
+use crate::output::outln;
 use crate::{output, Ctx, Outcome};
 use anyhow::Result;
 use chunkstore::VerifyOptions;
@@ -18,17 +19,17 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
         output::json(&r)?;
     } else {
         for d in &r.damaged {
-            println!("DAMAGED {} {}: {}", d.kind, d.id, d.problem);
+            outln!("DAMAGED {} {}: {}", d.kind, d.id, d.problem)?;
         }
         let rebuilt = if args.full { format!(", {} layers rebuilt", r.layers_rebuilt) } else { String::new() };
-        println!(
+        outln!(
             "{}: {} chunks, {} files, {} layers checked{rebuilt}; {} problems",
             if r.is_clean() { "ok" } else { "DAMAGED" },
             r.chunks,
             r.files,
             r.layers,
             r.damaged.len()
-        );
+        )?;
     }
     Ok(if r.is_clean() { Outcome::Ok } else { Outcome::Failed(1) })
 }
