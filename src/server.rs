@@ -94,6 +94,33 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// Errors the HTTP layer answers by itself (an unknown method, a body over
+/// the limit or of the wrong type, a timeout) in the API's JSON shape, as
+/// every other error: their text, where they have one, becomes the message.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let code = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "METHOD_NOT_ALLOWED",
+        StatusCode::PAYLOAD_TOO_LARGE => "TOO_LARGE",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "UNSUPPORTED_MEDIA_TYPE",
+        StatusCode::REQUEST_TIMEOUT => "TIMEOUT",
+        s if s.is_server_error() => "INTERNAL",
+        _ => "INVALID",
+    };
+    // These bodies are a line of text from axum; anything longer is cut.
+    let text = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
+    ApiError(status, code, message).into_response()
+}
+
 fn forbidden(msg: String) -> ApiError {
     ApiError(StatusCode::FORBIDDEN, "FORBIDDEN", msg)
 }
@@ -501,6 +528,7 @@ pub fn router(store: Arc<Store>, opts: ServeOptions) -> crate::Result<Router> {
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(MAX_UPLOAD))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(axum::middleware::map_response(json_errors))
         .layer(
             // One INFO line per request (method, path, status, latency); the defaults log at DEBUG.
             tower_http::trace::TraceLayer::new_for_http()

@@ -765,6 +765,11 @@ fn errors_are_json_and_sigterm_is_clean() {
     check("POST", &hub.api("/chunks/missing"), tk, Some(&[7u8; 32]), 403, "FORBIDDEN");
     check("GET", &hub.api("/clients/edge-f"), tk, None, 403, "FORBIDDEN");
     check("GET", &hub.api(&format!("/clients/edge-e/layers/{zero}/dedup")), tk, None, 404, "NOT_FOUND");
+    // What the HTTP layer refuses by itself comes in the same JSON shape.
+    check("DELETE", &hub.api("/layers"), tk, None, 405, "METHOD_NOT_ALLOWED");
+    check("POST", &hub.api("/clients/edge-e/ack"), tk, Some(b"layers"), 415, "UNSUPPORTED_MEDIA_TYPE");
+    check("POST", &hub.api("/clients/edge-e/ack"), tk, Some(b"{not json"), 400, "INVALID");
+    check("POST", &hub.api("/clients/edge-e/ack"), tk, Some(b"{\"layer\": 1}"), 422, "INVALID");
     // The refusals and failures above did not hurt the hub.
     let s = pull(&d.join("edge"), &hub, "edge-e", &t, &a.id, &[]);
     assert_eq!(s["fell_back"], false, "{s}");
