@@ -38,8 +38,9 @@ fn check_store_dir(dir: &Path) -> Result<()> {
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let name = entry.map_err(io)?.file_name();
         let name = name.to_string_lossy();
-        // `token.key.<pid>`: a key being written.
-        if !STORE_ENTRIES.contains(&&*name) && !name.starts_with("token.key.") {
+        // `token.key.<pid>`: a key being written; an index set aside.
+        let ours = name.starts_with("token.key.") || name.starts_with("chunkstore.redb.damaged-");
+        if !STORE_ENTRIES.contains(&&*name) && !ours {
             return Err(Error::new(
                 ErrorKind::Config,
                 format!(
@@ -51,6 +52,86 @@ fn check_store_dir(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Run a redb call that reads the index file's own structures. redb asserts
+/// on some damage (a file cut short, a garbled allocator page) instead of
+/// returning an error: such a panic is reported as corruption.
+fn guard_redb<T>(
+    path: &Path,
+    f: impl FnOnce() -> std::result::Result<T, redb::DatabaseError>,
+) -> std::result::Result<T, redb::DatabaseError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let why = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a failed check".into());
+        Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(format!(
+            "{} failed redb's check: {why}",
+            path.display()
+        ))))
+    })
+}
+
+/// What a failure to open the index means for the user.
+pub(crate) fn open_error(dir: &Path, db_path: &Path, e: redb::DatabaseError) -> Error {
+    if matches!(e, redb::DatabaseError::DatabaseAlreadyOpen) {
+        return Error::new(ErrorKind::Busy, format!("store {} is in use by another process", dir.display()));
+    }
+    if is_damaged_index(&e) {
+        return Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "index {} is damaged ({e}): `chunkstore reindex` sets it aside and rebuilds it \
+                 from the packs and layer objects",
+                db_path.display()
+            ),
+        );
+    }
+    Error::index(e).context(format!("opening {}", db_path.display()))
+}
+
+/// Whether redb's refusal means the file's bytes are damaged (not locked,
+/// unreadable, or of an unknown version).
+fn is_damaged_index(e: &redb::DatabaseError) -> bool {
+    match e {
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => true,
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => {
+            matches!(io.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof)
+        }
+        _ => false,
+    }
+}
+
+impl Store {
+    /// Move a damaged index aside (to `chunkstore.redb.damaged-<unix seconds>`)
+    /// so that the next open rebuilds it from the packs and layer objects.
+    /// `None` when there is no index, or it opens and passes redb's integrity
+    /// check (repaired if need be). Possession records live
+    /// only in the index: they stay in the file set aside.
+    pub fn set_aside_damaged_index(dir: impl AsRef<Path>) -> Result<Option<PathBuf>> {
+        let dir = dir.as_ref();
+        let db_path = dir.join(INDEX_FILE);
+        if !db_path.exists() {
+            return Ok(None);
+        }
+        // redb checks pages as it reads them: damage inside the file shows
+        // only to a full check (which repairs what it can).
+        let e = match guard_redb(&db_path, || Database::open(&db_path).and_then(|mut db| db.check_integrity())) {
+            Ok(_) => return Ok(None),
+            Err(e) => e,
+        };
+        if !is_damaged_index(&e) {
+            return Err(open_error(dir, &db_path, e));
+        }
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let aside = dir.join(format!("{INDEX_FILE}.damaged-{secs}"));
+        std::fs::rename(&db_path, &aside).map_err(|e| Error::io(format!("moving {} aside", db_path.display()), e))?;
+        crate::backend::sync_dir(dir)?;
+        tracing::warn!("index {} was damaged ({e}): moved to {}", db_path.display(), aside.display());
+        Ok(Some(aside))
+    }
 }
 
 /// Remove the packs staged in `staging` (named as [`PackId::file_name`]
@@ -163,12 +244,7 @@ impl Store {
             None => Arc::new(LocalBackend::with_dirs(dir.join("packs"), dir.join("layers"))?),
         };
         let db_path = dir.join(INDEX_FILE);
-        let db = Database::create(&db_path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                Error::new(ErrorKind::Busy, format!("store {} is in use by another process", dir.display()))
-            }
-            e => Error::index(e).context(format!("opening {}", db_path.display())),
-        })?;
+        let db = guard_redb(&db_path, || Database::create(&db_path)).map_err(|e| open_error(&dir, &db_path, e))?;
         let unsettled = Unsettled::open(&dir);
         // A pack staged in tmp/ is one an ingest never sealed. Cleared only
         // once the index lock is ours: another process's live ingest stages there.

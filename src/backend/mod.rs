@@ -12,6 +12,7 @@ mod memory;
 mod s3;
 
 pub use fault::FaultyBackend;
+pub(crate) use local::sync_dir;
 pub use local::LocalBackend;
 pub use memory::MemoryBackend;
 #[cfg(feature = "s3")]

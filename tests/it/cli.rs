@@ -152,3 +152,40 @@ fn bad_option_values_are_usage_errors() {
     let s = cs_ok(&store, &["token", "issue", "--client", "a", "--ttl", "36500d"]);
     assert!(s.starts_with("cs1.a.pull."), "{s}");
 }
+
+#[test]
+fn a_damaged_index_is_reported_then_rebuilt_by_reindex() {
+    let dir = tmp();
+    let d = dir.path();
+    let tar = d.join("l.tar");
+    std::fs::write(&tar, small_tar(9)).unwrap();
+    let index = |s: &std::path::Path| s.join("chunkstore.redb");
+    // Random bytes, a file cut in half, garbled pages: the last two make redb assert.
+    for damage in ["random", "cut", "garbled"] {
+        let store = d.join(damage);
+        let layer = cs_json(&store, &["ingest", tar.to_str().unwrap()])[0]["id"].as_str().unwrap().to_string();
+        cs_ok(&store, &["client", "add", "edge"]);
+        let mut b = std::fs::read(index(&store)).unwrap();
+        match damage {
+            "random" => b = pseudo_random(b.len(), 3),
+            "cut" => b.truncate(b.len() / 2),
+            _ => (4096..b.len()).step_by(4096).for_each(|i| b[i + 100] ^= 0xff),
+        }
+        std::fs::write(index(&store), &b).unwrap();
+        let o = Command::new(bin()).env_remove("RUST_BACKTRACE").arg("--store").arg(&store).arg("ls").output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{damage}: {err}");
+        assert!(err.contains("is damaged") && err.contains("chunkstore reindex"), "{damage}: {err}");
+        assert!(!err.contains("panicked at") && !err.contains("RUST_BACKTRACE"), "{damage}: {err}");
+
+        let r = cs_json(&store, &["reindex"]);
+        let aside = r["damaged_index_moved_to"].as_str().expect("set aside");
+        assert_eq!(std::fs::read(aside).unwrap(), b, "{damage}: the damaged index is kept as it was");
+        assert_eq!(r["layers"], 1, "{damage}: {r}");
+        assert_eq!(export(&store, &layer), std::fs::read(&tar).unwrap());
+        cs_ok(&store, &["verify", "--full"]);
+        assert_eq!(cs_json(&store, &["client", "ls"]), serde_json::json!([]), "possession went with the old index");
+        // A sound index is left where it is.
+        assert_eq!(cs_json(&store, &["reindex"])["damaged_index_moved_to"], serde_json::Value::Null);
+    }
+}

@@ -144,6 +144,18 @@ pub enum Outcome {
 }
 
 fn main() -> ExitCode {
+    // The library turns redb's assertions on a damaged index into errors;
+    // say so in one line instead of a panic report (other panics as usual).
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let at = info.location().filter(|l| l.file().contains("/redb-"));
+        if let (Some(at), None) = (at, std::env::var_os("RUST_BACKTRACE")) {
+            let why = info.payload().downcast_ref::<&str>().copied().unwrap_or("a failed assertion");
+            eprintln!("chunkstore: redb: {why} (at {at})");
+        } else {
+            default_hook(info);
+        }
+    }));
     let cli = Cli::parse();
     if std::env::var_os("RUST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
