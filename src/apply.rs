@@ -508,7 +508,7 @@ impl Store {
         if magic.chunker != self.params {
             return Err(Error::new(
                 ErrorKind::Config,
-                format!("dedup tarball was built for chunker {:?}; this store uses {:?}", magic.chunker, self.params),
+                format!("dedup tarball was built for chunker {}; this store uses {}", magic.chunker, self.params),
             ));
         }
         rb.tar_size = magic.tar_size;

@@ -22,6 +22,12 @@ impl Default for ChunkerParams {
     }
 }
 
+impl std::fmt::Display for ChunkerParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "min {} / avg {} / max {} bytes", self.min, self.avg, self.max)
+    }
+}
+
 impl ChunkerParams {
     /// Check the sizes against what FastCDC accepts.
     pub fn validate(&self) -> Result<()> {
@@ -33,7 +39,7 @@ impl ChunkerParams {
         if ok {
             Ok(())
         } else {
-            Err(Error::new(crate::ErrorKind::Config, format!("invalid chunker sizes {self:?}")))
+            Err(Error::new(crate::ErrorKind::Config, format!("invalid chunker sizes {self}")))
         }
     }
 

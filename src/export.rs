@@ -141,7 +141,7 @@ impl Read for LayerReader<'_> {
                 let got: [u8; 32] = std::mem::take(&mut self.sha).finalize().into();
                 if got != *self.id.as_bytes() {
                     return Err(Error::corrupt(format!(
-                        "layer {} rebuilt to sha256:{}; the store is damaged (run verify)",
+                        "layer {} rebuilt to sha256:{}; the store is damaged",
                         self.id,
                         hex::encode(got)
                     ))

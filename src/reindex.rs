@@ -108,7 +108,7 @@ impl Store {
                     return Err(Error::new(
                         ErrorKind::Config,
                         format!(
-                            "layer object {id} was chunked with {:?}, this store uses {:?}; open it with those sizes",
+                            "layer object {id} was chunked with {}, this store uses {}; open it with those sizes",
                             o.chunker, self.params
                         ),
                     ))

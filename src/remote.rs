@@ -342,6 +342,15 @@ pub enum Via {
     Chunks,
 }
 
+impl std::fmt::Display for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Via::Dedup => "dedup",
+            Via::Chunks => "chunks",
+        })
+    }
+}
+
 /// Options for [`Store::pull`] and [`Store::push`].
 #[derive(Debug, Clone)]
 pub struct TransferOptions {

@@ -115,10 +115,18 @@ async fn json_errors(resp: Response) -> Response {
         _ => "INVALID",
     };
     // These bodies are a line of text from axum; anything longer is cut.
-    let text = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap_or_default();
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
     let text = String::from_utf8_lossy(&text).trim().to_string();
     let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
-    ApiError(status, code, message).into_response()
+    let mut out = ApiError(status, code, message).into_response();
+    // Keep what the layer said beside its text (e.g. `Allow` on a 405).
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            out.headers_mut().insert(name, value.clone());
+        }
+    }
+    out
 }
 
 fn forbidden(msg: String) -> ApiError {

@@ -480,7 +480,7 @@ impl Store {
                 (Some(s), Some(want)) if s != want => {
                     return Err(Error::new(
                         ErrorKind::Config,
-                        format!("store was created with chunker {s:?}; refusing to mix in {want:?}"),
+                        format!("store was created with chunker {s}; refusing to mix in {want}"),
                     ))
                 }
                 (Some(s), _) => s,

@@ -353,7 +353,7 @@ fn check_checksum(h: &[u8; BLOCK], at: u64) -> Result<()> {
     }
     match stored {
         Some(s) if s == unsigned || s as i64 == signed => Ok(()),
-        _ if at == 0 => Err(Error::invalid("not a tar archive: the first header's checksum does not match")),
+        _ if at == 0 => Err(Error::invalid("not a tar archive: the header at offset 0 has a bad checksum")),
         _ => Err(Error::invalid(format!("tar header checksum mismatch at offset {at}"))),
     }
 }

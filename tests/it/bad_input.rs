@@ -254,8 +254,8 @@ fn inputs_that_are_not_tars() {
     random[0] = b'r'; // not a compression magic by accident
     let text = "This is a README, not a tar archive.\n".repeat(100);
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("random.bin", random, "not a tar archive: the first header's checksum does not match"),
-        ("readme.txt", text.clone().into_bytes(), "not a tar archive: the first header's checksum does not match"),
+        ("random.bin", random, "not a tar archive: the header at offset 0 has a bad checksum"),
+        ("readme.txt", text.clone().into_bytes(), "not a tar archive: the header at offset 0 has a bad checksum"),
         ("short.txt", b"hello\n".to_vec(), "not a tar archive: the input is only 6 bytes"),
         ("empty", Vec::new(), "empty input: not a tar archive"),
         ("one-byte", vec![0x1f], "not a tar archive: the input is only 1 bytes"),

@@ -17,7 +17,7 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Outcome> {
     outln!("{:<71}  {:>10}  {:>7}  {:>6}  COMPRESSION", "LAYER", "SIZE", "ENTRIES", "FILES")?;
     for l in &layers {
         outln!(
-            "{:<71}  {:>10}  {:>7}  {:>6}  {:?}",
+            "{:<71}  {:>10}  {:>7}  {:>6}  {}",
             l.id.to_string(),
             output::bytes(l.tar_size),
             l.entries,

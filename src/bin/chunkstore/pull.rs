@@ -60,7 +60,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     } else {
         let size = s.ingest.as_ref().map_or(0, |i| i.layer.tar_size);
         outln!(
-            "{layer}: pulled via {:?}{} in {:.2} s: {} received{} for a {} layer ({} chunks fetched)",
+            "{layer}: pulled via {}{} in {:.2} s: {} received{} for a {} layer ({} chunks fetched)",
             s.via,
             if s.fell_back { " (fell back)" } else { "" },
             s.seconds,
