@@ -65,7 +65,19 @@ struct Magic {
 }
 
 fn bad(msg: impl std::fmt::Display) -> Error {
-    Error::invalid(format!("dedup tarball: {msg}"))
+    Error::invalid(format!("{DTAR}: {msg}"))
+}
+
+const DTAR: &str = "dedup tarball";
+
+/// Say that an error from reading the tarball's own tar structure is about
+/// the tarball (its offsets are offsets in the decompressed tarball).
+fn in_dtar(e: Error) -> Error {
+    if e.message().starts_with(DTAR) {
+        e
+    } else {
+        e.context(DTAR)
+    }
 }
 
 fn parse_magic(text: &[u8]) -> Result<Magic> {
@@ -164,7 +176,7 @@ impl<'s> Rebuild<'s> {
     /// Next entry of the tarball: its kind and content size.
     fn next_entry(&mut self) -> Result<Option<(Kind, u64)>> {
         let mut ours = Vec::new(); // our own headers: not part of the layer
-        let c = self.split.next(&mut ours)?;
+        let c = self.split.next(&mut ours).map_err(in_dtar)?;
         let Some(c) = c else {
             if self.split.entries() != self.entries_seen {
                 return Err(bad("unexpected non-file entry"));
@@ -173,7 +185,10 @@ impl<'s> Rebuild<'s> {
         };
         self.entries_seen += 1;
         if c.kind != ContentKind::File || self.split.entries() != self.entries_seen {
-            return Err(bad(format!("unexpected entry at offset {}", c.offset)));
+            return Err(bad(format!(
+                "unexpected entry that is not a regular file, at or before the content at offset {}",
+                c.offset
+            )));
         }
         Ok(Some((parse_name(&c.path)?, c.size)))
     }
@@ -518,6 +533,8 @@ impl Store {
         match result {
             _ if !missing.is_empty() => Ok(ApplyOutcome::Missing { layer: magic.layer, missing }),
             Ok(s) => Ok(ApplyOutcome::Applied(s)),
+            // What the rebuilt bytes themselves fail (their tar structure, the diff_id).
+            Err(e) if !e.message().contains(DTAR) => Err(e.context("the layer the dedup tarball rebuilds")),
             Err(e) => Err(e),
         }
     }

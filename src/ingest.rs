@@ -44,8 +44,13 @@ pub struct IngestSummary {
     /// The layer as recorded.
     #[serde(flatten)]
     pub layer: LayerInfo,
-    /// Whether the store already held this layer.
+    /// Whether the store already held this layer (then `layer` shows the
+    /// record's blob and compression: the first compressed form it came in).
     pub already_present: bool,
+    /// How this input was compressed.
+    pub input_compression: crate::Compression,
+    /// SHA-256 of this input as given, when it was compressed.
+    pub input_blob: Option<BlobDigest>,
     /// Input bytes read (the compressed size for compressed input).
     pub input_bytes: u64,
     /// Chunks this ingest added.
@@ -625,6 +630,7 @@ impl Store {
 
     fn commit(&self, walked: Walked, w: &Written, input_bytes: u64, started: Instant) -> Result<IngestSummary> {
         let Walked { mut info, recipe, contents } = walked;
+        let (input_compression, input_blob) = (info.compression, info.blob);
         let tx = self.db.begin_write()?;
         let already_present;
         let new_blob;
@@ -743,6 +749,8 @@ impl Store {
         Ok(IngestSummary {
             layer: info,
             already_present,
+            input_compression,
+            input_blob,
             input_bytes,
             new_chunks: w.chunks.len() as u64,
             new_chunk_bytes: w.chunk_bytes,

@@ -422,11 +422,15 @@ fn gzip_and_zstd_inputs_give_the_same_diff_id_and_record_the_blob_digest() {
     let store = d.join("store-mixed");
     let first = ingest(&store, &tar);
     assert!(first["new_stored_bytes"].as_u64().unwrap() > 0);
-    for name in ["l.tar.gz", "l.tar.zst"] {
+    for (name, kind) in [("l.tar.gz", "gzip"), ("l.tar.zst", "zstd")] {
         let s = ingest(&store, &d.join(name));
         assert_eq!(s["id"], id.as_str());
         assert_eq!(s["already_present"], true, "{name}");
         assert_eq!(s["new_stored_bytes"], 0, "{name}");
+        // The record keeps the first compressed blob it met; the input's own fields say how this one came.
+        assert_eq!(s["compression"], "gzip", "{name}");
+        assert_eq!(s["input_compression"], kind, "{name}");
+        assert_eq!(s["input_blob"], diff_id(&std::fs::read(d.join(name)).unwrap()).as_str(), "{name}");
     }
     assert_eq!(layer_ids(&store), vec![id.clone()]);
     // Every compressed digest the layer arrived under names it (a registry
