@@ -156,6 +156,6 @@ mod tests {
         assert!(done.deleted_bytes > 200_000);
         assert!(!pack_path(a.path(), orphan).exists());
         assert!(pack_path(a.path(), copy).exists() && pack_path(a.path(), PackId(1)).exists());
-        assert!(store.verify(VerifyOptions { full: true }).unwrap().is_clean());
+        assert!(store.verify(VerifyOptions { full: true, ..Default::default() }).unwrap().is_clean());
     }
 }

@@ -337,7 +337,7 @@ mod tests {
         let s = fresh.reindex().unwrap();
         assert_eq!((s.layers, s.skipped.len(), s.renumbered_files), (3, 0, false));
         assert_eq!(dump(&fresh), before);
-        assert!(fresh.verify(crate::VerifyOptions { full: true }).unwrap().is_clean());
+        assert!(fresh.verify(crate::VerifyOptions { full: true, ..Default::default() }).unwrap().is_clean());
     }
 
     /// A reindex that renumbers chunks must not leave a client's diff on the

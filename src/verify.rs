@@ -11,12 +11,17 @@ use crate::store::Store;
 use rayon::prelude::*;
 use redb::ReadableTable;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// What to check.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct VerifyOptions {
     /// Also rebuild every layer and compare its SHA-256 with the diff_id.
     pub full: bool,
+    /// Receives the count of bytes checked so far: each pack's stored bytes
+    /// once re-hashed, then (with `full`) each layer's tar bytes once rebuilt.
+    pub progress: Option<Arc<AtomicU64>>,
 }
 
 /// One damaged object.
@@ -93,12 +98,14 @@ impl Store {
                 Ok((PackId(k.value()), PackInfo::decode(v.value())?))
             })
             .collect::<Result<_>>()?;
-        for (pid, chunks) in &by_pack {
+        // Each pack once: the packs chunks name, then those only the PACKS table names.
+        let none = Vec::new();
+        let named = by_pack.keys().copied().collect::<Vec<_>>();
+        let others = packs.keys().filter(|p| !by_pack.contains_key(p)).copied().collect::<Vec<_>>();
+        for pid in named.into_iter().chain(others) {
+            let chunks = by_pack.get(&pid).unwrap_or(&none);
             report.chunks += chunks.len() as u64;
-            if !packs.contains_key(pid) {
-                report.damaged.push(damage("pack", pid, format!("named by {} chunks but not recorded", chunks.len())));
-            }
-            let bytes = match self.backend.read_whole_pack(*pid) {
+            let bytes = match self.backend.read_whole_pack(pid) {
                 Ok(b) => b,
                 Err(e) => {
                     report.damaged.push(damage("pack", pid, format!("unreadable: {e}")));
@@ -108,48 +115,9 @@ impl Store {
                     continue;
                 }
             };
-            let bad: Vec<Damage> = chunks
-                .par_iter()
-                .filter_map(|(id, loc)| {
-                    let end = loc.offset as usize + loc.stored_len as usize;
-                    let stored = bytes.get(loc.offset as usize..end)?;
-                    match pack::decode_chunk(stored, loc.raw_len) {
-                        Ok(raw) if ChunkId::of(&raw) == *id => None,
-                        Ok(_) => Some(damage("chunk", id, "content does not match its id")),
-                        Err(e) => Some(damage("chunk", id, e.to_string())),
-                    }
-                })
-                .collect();
-            report.damaged.extend(bad);
-            for (id, loc) in chunks {
-                if loc.offset as usize + loc.stored_len as usize > bytes.len() {
-                    report.damaged.push(damage("chunk", id, format!("lies past the end of pack {pid}")));
-                }
-            }
-        }
-        for (pid, info) in &packs {
-            match self.backend.read_whole_pack(*pid) {
-                Ok(b) if b.len() as u64 != info.len => {
-                    report.damaged.push(damage("pack", pid, format!("is {} bytes, index says {}", b.len(), info.len)))
-                }
-                Ok(b) => match pack::scan(*pid, &b) {
-                    Err(e) => report.damaged.push(damage("pack", pid, e.to_string())),
-                    Ok(entries) => {
-                        // Every index entry must point at the data of an entry with its id.
-                        let framed: HashMap<u64, ChunkId> = entries.iter().map(|e| (e.loc.offset, e.id)).collect();
-                        for (id, loc) in by_pack.get(pid).map_or(&[][..], |v| &v[..]) {
-                            if framed.get(&loc.offset) != Some(id) {
-                                report.damaged.push(damage(
-                                    "chunk",
-                                    id,
-                                    format!("index points into pack {pid} where no entry of that id starts"),
-                                ));
-                            }
-                        }
-                    }
-                },
-                Err(_) if by_pack.contains_key(pid) => {} // reported above
-                Err(e) => report.damaged.push(damage("pack", pid, format!("unreadable: {e}"))),
+            report.damaged.extend(check_pack(pid, &bytes, packs.get(&pid), chunks));
+            if let Some(p) = &opts.progress {
+                p.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             }
         }
         // What each file's layer-map entry must say: size, file number, chunk numbers.
@@ -213,8 +181,9 @@ impl Store {
             let bad: Vec<Damage> = ids
                 .par_iter()
                 .filter_map(|id| {
+                    let mut sink = CountingSink(opts.progress.as_deref());
                     let r = self.open_layer(id).and_then(|mut r| {
-                        std::io::copy(&mut r, &mut std::io::sink()).map_err(|e| crate::error::from_io(e, "rebuild"))
+                        std::io::copy(&mut r, &mut sink).map_err(|e| crate::error::from_io(e, "rebuild"))
                     });
                     r.err().map(|e| damage("layer", id, format!("rebuild failed: {e}")))
                 })
@@ -224,6 +193,68 @@ impl Store {
         }
         Ok(report)
     }
+}
+
+/// Discards what it is given, counting it into a progress counter.
+struct CountingSink<'a>(Option<&'a AtomicU64>);
+
+impl std::io::Write for CountingSink<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if let Some(c) = self.0 {
+            c.fetch_add(b.len() as u64, Ordering::Relaxed);
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One pack's damage: its chunks re-hashed, its length and framing against
+/// the index (`info`: its PACKS row, if any).
+fn check_pack(pid: PackId, bytes: &[u8], info: Option<&PackInfo>, chunks: &[(ChunkId, ChunkLoc)]) -> Vec<Damage> {
+    let mut bad: Vec<Damage> = chunks
+        .par_iter()
+        .filter_map(|(id, loc)| {
+            let end = loc.offset as usize + loc.stored_len as usize;
+            let stored = bytes.get(loc.offset as usize..end)?;
+            match pack::decode_chunk(stored, loc.raw_len) {
+                Ok(raw) if ChunkId::of(&raw) == *id => None,
+                Ok(_) => Some(damage("chunk", id, "content does not match its id")),
+                Err(e) => Some(damage("chunk", id, e.to_string())),
+            }
+        })
+        .collect();
+    for (id, loc) in chunks {
+        if loc.offset as usize + loc.stored_len as usize > bytes.len() {
+            bad.push(damage("chunk", id, format!("lies past the end of pack {pid}")));
+        }
+    }
+    let Some(info) = info else {
+        bad.push(damage("pack", pid, format!("named by {} chunks but not recorded", chunks.len())));
+        return bad;
+    };
+    if bytes.len() as u64 != info.len {
+        bad.push(damage("pack", pid, format!("is {} bytes, index says {}", bytes.len(), info.len)));
+        return bad;
+    }
+    match pack::scan(pid, bytes) {
+        Err(e) => bad.push(damage("pack", pid, e.to_string())),
+        Ok(entries) => {
+            // Every index entry must point at the data of an entry with its id.
+            let framed: HashMap<u64, ChunkId> = entries.iter().map(|e| (e.loc.offset, e.id)).collect();
+            for (id, loc) in chunks {
+                if framed.get(&loc.offset) != Some(id) {
+                    bad.push(damage(
+                        "chunk",
+                        id,
+                        format!("index points into pack {pid} where no entry of that id starts"),
+                    ));
+                }
+            }
+        }
+    }
+    bad
 }
 
 fn check_recipe(

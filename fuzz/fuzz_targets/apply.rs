@@ -58,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
             let mut out = Vec::new();
             state.store.export(&s.layer.id, &mut out).expect("an applied layer exports");
             assert_eq!(out.len() as u64, s.layer.tar_size);
-            assert!(state.store.verify(VerifyOptions { full: true }).expect("verify").is_clean());
+            assert!(state.store.verify(VerifyOptions { full: true, ..Default::default() }).expect("verify").is_clean());
             // Start over so the edge stays small and the next inputs meet the same state.
             reset = true;
         }

@@ -130,7 +130,7 @@ fuzz_target!(|data: &[u8]| {
             let mut out = Vec::new();
             edge.export(&want_id, &mut out).expect("export");
             assert!(out == want_tar, "the committed layer exports other bytes");
-            assert!(edge.verify(VerifyOptions { full: true }).expect("verify").is_clean());
+            assert!(edge.verify(VerifyOptions { full: true, ..Default::default() }).expect("verify").is_clean());
             state.edge = None; // the next input meets a store without the layer again
         }
         Err(_) => assert_eq!(counts(edge), before, "a refused bundle changed the store"),

@@ -134,7 +134,7 @@ fn check(state: &mut State, data: &[u8]) {
     assert!(again.already_present && again.layer.id == id);
     assert_eq!(again.new_chunks, 0);
 
-    let r = store.verify(VerifyOptions { full: true }).expect("verify runs");
+    let r = store.verify(VerifyOptions { full: true, ..Default::default() }).expect("verify runs");
     assert!(r.is_clean(), "verify found damage after an ingest: {:?}", r.damaged);
     let s = store.stats().expect("stats");
     assert_eq!(s.packs, state.backend.list_packs().expect("list packs").len() as u64, "unindexed packs");

@@ -91,7 +91,7 @@ fn a_true_bundle_commits_as_an_ingest_would() {
     assert!(back == s.tar, "the layer rebuilds exactly");
     // The same recipe bytes as the hub's own ingest wrote.
     assert_eq!(s.edge.recipe_bundle(&s.bundle.layer).unwrap().recipe, s.bundle.recipe);
-    assert!(s.edge.verify(crate::VerifyOptions { full: true }).unwrap().is_clean());
+    assert!(s.edge.verify(crate::VerifyOptions { full: true, ..Default::default() }).unwrap().is_clean());
     // Again: already present, nothing new.
     let again = s.edge.commit_bundle(&s.bundle, &IngestOptions::default()).unwrap();
     assert!(again.already_present);

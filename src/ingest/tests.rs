@@ -35,7 +35,14 @@ fn repeats_are_stored_once_in_stream_order() {
     let mut back = Vec::new();
     store.export(&s.layer.id, &mut back).unwrap();
     assert!(back == tar, "the layer rebuilds exactly");
-    assert!(store.verify(VerifyOptions { full: true }).unwrap().is_clean());
+    // Verify counts every stored byte, and with `full` every rebuilt one.
+    let stats = store.stats().unwrap();
+    for full in [false, true] {
+        let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        assert!(store.verify(VerifyOptions { full, progress: Some(counter.clone()) }).unwrap().is_clean());
+        let want = stats.stored_bytes + if full { stats.logical_bytes } else { 0 };
+        assert_eq!(counter.load(std::sync::atomic::Ordering::Relaxed), want, "full: {full}");
+    }
 
     // Every chunk stored once; numbers 0, 1, 2... in order of first sighting.
     let tx = store.db.begin_read().unwrap();

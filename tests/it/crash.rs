@@ -387,7 +387,7 @@ fn put_pack_failure_records_nothing() {
         assert_eq!(s.layers().unwrap().len(), 1);
         assert!(s.layer(&layer_id(&b)).unwrap().is_none());
         assert_eq!(s.stats().unwrap().packs, packs_a.len() as u64);
-        let r = s.verify(VerifyOptions { full: true }).unwrap();
+        let r = s.verify(VerifyOptions { full: true, ..Default::default() }).unwrap();
         assert!(r.is_clean(), "{:?}", r.damaged);
         assert!(export(&s, &a) == a);
         // The budget stays spent: a retry on this backend fails the same way.
@@ -400,7 +400,7 @@ fn put_pack_failure_records_nothing() {
         assert!(!sum.already_present);
         assert!(export(&s, &b) == b);
         assert!(export(&s, &a) == a);
-        let r = s.verify(VerifyOptions { full: true }).unwrap();
+        let r = s.verify(VerifyOptions { full: true, ..Default::default() }).unwrap();
         assert!(r.is_clean(), "{:?}", r.damaged);
         assert_eq!(s.stats().unwrap().packs, inner.list_packs().unwrap().len() as u64);
     }
@@ -421,7 +421,7 @@ fn bad_input_after_sealed_packs_leaves_nothing() {
     assert!(inner.list_packs().unwrap().is_empty());
     assert_eq!(staged_files(&store_dir), 0);
     assert!(s.layers().unwrap().is_empty());
-    assert!(s.verify(VerifyOptions { full: true }).unwrap().is_clean());
+    assert!(s.verify(VerifyOptions { full: true, ..Default::default() }).unwrap().is_clean());
     s.ingest(&b[..], &IngestOptions::default()).unwrap();
     assert!(export(&s, &b) == b);
 }
@@ -443,7 +443,7 @@ fn read_failure_during_export_is_an_error() {
     let e = s.export(&layer_id(&b), &mut out).unwrap_err();
     assert!(e.to_string().contains("injected fault"), "{e}");
     assert!(out.len() < b.len() && b.starts_with(&out), "export wrote bytes that are not the layer's");
-    let r = s.verify(VerifyOptions { full: true }).unwrap();
+    let r = s.verify(VerifyOptions { full: true, ..Default::default() }).unwrap();
     assert!(!r.is_clean(), "verify passed with every read failing");
     drop(s);
     let s = Store::open_with(&store_dir, opts(inner)).unwrap();

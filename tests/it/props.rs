@@ -245,7 +245,7 @@ fn random_trees_round_trip() {
         })
         .unwrap();
     assert!(seen.get() >= 24);
-    let report = store.verify(VerifyOptions { full: true }).unwrap();
+    let report = store.verify(VerifyOptions { full: true, ..Default::default() }).unwrap();
     assert!(report.is_clean(), "{:?}", report.damaged);
 }
 
@@ -409,7 +409,7 @@ fn damaged_tars_never_panic_and_never_come_back_wrong() {
         .unwrap();
     let (accepted, refused) = (accepted.get(), refused.get());
     assert!(accepted > 0 && refused > 0, "both outcomes exercised: {accepted} accepted, {refused} refused");
-    let report = store.verify(VerifyOptions { full: true }).unwrap();
+    let report = store.verify(VerifyOptions { full: true, ..Default::default() }).unwrap();
     assert!(report.is_clean(), "{:?}", report.damaged);
     // The store still takes a good layer.
     let good = crate::common::small_tar(4242);

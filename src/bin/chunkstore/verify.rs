@@ -4,6 +4,8 @@ use crate::output::outln;
 use crate::{output, Ctx, Outcome};
 use anyhow::Result;
 use chunkstore::VerifyOptions;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 /// Re-hash every chunk and check every recipe; exits 1 naming what is damaged
 #[derive(clap::Args)]
@@ -14,7 +16,14 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
-    let r = ctx.open()?.verify(VerifyOptions { full: args.full })?;
+    let store = ctx.open()?;
+    let stats = store.stats()?;
+    let total = stats.stored_bytes + if args.full { stats.logical_bytes } else { 0 };
+    let counter = Arc::new(AtomicU64::new(0));
+    let progress = crate::progress::Progress::start("verify", Some(total), counter.clone());
+    let r = store.verify(VerifyOptions { full: args.full, progress: Some(counter) });
+    progress.finish();
+    let r = r?;
     if ctx.json {
         output::json(&r)?;
     } else {
