@@ -27,7 +27,7 @@ use object_store::{
 };
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -115,54 +115,6 @@ impl std::fmt::Debug for S3Backend {
     }
 }
 
-/// The HTTP client for plain `http://` endpoints: hyper without TLS, so a
-/// process does not pay for loading the system's root certificates
-/// (~45 ms, which a one-shot command such as `export` feels).
-#[derive(Debug)]
-struct PlainHttp;
-
-type HyperClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    object_store::client::HttpRequestBody,
->;
-
-#[derive(Debug)]
-struct PlainHttpService(HyperClient);
-
-impl object_store::client::HttpConnector for PlainHttp {
-    fn connect(&self, _: &object_store::ClientOptions) -> object_store::Result<object_store::client::HttpClient> {
-        let mut conn = hyper_util::client::legacy::connect::HttpConnector::new();
-        conn.set_nodelay(true);
-        conn.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(conn);
-        Ok(object_store::client::HttpClient::new(PlainHttpService(client)))
-    }
-}
-
-#[async_trait::async_trait]
-impl object_store::client::HttpService for PlainHttpService {
-    async fn call(
-        &self,
-        req: object_store::client::HttpRequest,
-    ) -> std::result::Result<object_store::client::HttpResponse, object_store::client::HttpError> {
-        use http_body_util::BodyExt;
-        use object_store::client::{HttpError, HttpErrorKind, HttpResponseBody};
-        let res = match tokio::time::timeout(Duration::from_secs(300), self.0.request(req)).await {
-            Err(e) => return Err(HttpError::new(HttpErrorKind::Timeout, e)),
-            Ok(Err(e)) => {
-                let kind = if e.is_connect() { HttpErrorKind::Connect } else { HttpErrorKind::Request };
-                return Err(HttpError::new(kind, e));
-            }
-            Ok(Ok(r)) => r,
-        };
-        let (parts, body) = res.into_parts();
-        let body = HttpResponseBody::new(body.map_err(|e| HttpError::new(HttpErrorKind::Interrupted, e)));
-        Ok(object_store::client::HttpResponse::from_parts(parts, body))
-    }
-}
-
 /// What an `s3://` URL says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct S3Url {
@@ -243,6 +195,15 @@ fn convert(e: object_store::Error, what: &str) -> Error {
         E::NotImplemented { .. } | E::NotSupported { .. } => {
             (ErrorKind::Config, " (the object store does not support conditional puts, which chunkstore needs)")
         }
+        // rustls says "invalid peer certificate: UnknownIssuer" deep in the chain.
+        _ if std::iter::successors(Some(&e as &dyn std::error::Error), |c| c.source())
+            .any(|c| c.to_string().contains("peer certificate")) =>
+        {
+            (
+            ErrorKind::Io,
+                " (the endpoint's TLS certificate is not trusted: give its CA with ca_cert=PEM in the URL or CHUNKSTORE_CA_CERT)",
+            )
+        }
         _ => (ErrorKind::Io, ""),
     };
     Error::new(kind, format!("{what}{hint}")).with_source(e)
@@ -253,7 +214,9 @@ impl S3Backend {
     /// setting the URL lacks come from the usual `AWS_*` environment variables.
     /// URL parameters: `endpoint`, `region`, `cache_mb`, `block_kb`,
     /// `readahead`, `multipart_mb`, `virtual_hosted` (`true`/`false`),
-    /// `read_only` (`true`/`false`). The bucket must exist.
+    /// `read_only` (`true`/`false`), `ca_cert` (a PEM file of CA certificates
+    /// an `https` endpoint's certificate may chain to, beside the system's;
+    /// default `$CHUNKSTORE_CA_CERT`). The bucket must exist.
     pub fn open(url: &str, mut opts: S3Options) -> Result<Self> {
         use object_store::aws::AmazonS3Builder;
         // An https endpoint goes through reqwest's rustls, which needs a
@@ -263,6 +226,7 @@ impl S3Backend {
         let mut b = AmazonS3Builder::from_env().with_bucket_name(&u.bucket);
         let mut endpoint = std::env::var("AWS_ENDPOINT_URL").ok().or_else(|| std::env::var("AWS_ENDPOINT").ok());
         let mut region = None;
+        let mut ca_cert = std::env::var_os("CHUNKSTORE_CA_CERT").filter(|v| !v.is_empty()).map(PathBuf::from);
         let num = |k: &str, v: &str| -> Result<u64> {
             v.parse().map_err(|_| Error::invalid(format!("s3 URL parameter {k}={v:?} is not a number")))
         };
@@ -283,6 +247,7 @@ impl S3Backend {
                 "multipart_mb" => opts.multipart_threshold = num(k, v)? << 20,
                 "virtual_hosted" => b = b.with_virtual_hosted_style_request(flag(k, v)?),
                 "read_only" => opts.read_only = flag(k, v)?,
+                "ca_cert" => ca_cert = Some(PathBuf::from(v)),
                 _ => return Err(Error::invalid(format!("unknown s3 URL parameter {k:?}"))),
             }
         }
@@ -291,6 +256,17 @@ impl S3Backend {
             if ep.starts_with("http://") {
                 // No TLS: skip loading the system's root certificates (~0.1 s a process).
                 b = b.with_http_connector(PlainHttp);
+            } else if let Some(path) = &ca_cert {
+                // A private CA (an on-site Ceph or MinIO): trusted beside the system's roots.
+                let pem =
+                    std::fs::read(path).map_err(|e| Error::io(format!("reading CA file {}", path.display()), e))?;
+                let certs = object_store::Certificate::from_pem_bundle(&pem)
+                    .ok()
+                    .filter(|c| !c.is_empty())
+                    .ok_or_else(|| Error::invalid(format!("{} holds no PEM certificate", path.display())))?;
+                let client =
+                    certs.into_iter().fold(object_store::ClientOptions::new(), |o, c| o.with_root_certificate(c));
+                b = b.with_client_options(client);
             }
         }
         let has_region = std::env::var_os("AWS_REGION").is_some() || std::env::var_os("AWS_DEFAULT_REGION").is_some();
@@ -783,6 +759,8 @@ impl Backend for S3Backend {
 
 mod cache;
 use cache::{BlockCache, Lookup};
+mod http;
+use http::PlainHttp;
 
 #[cfg(test)]
 mod tests;

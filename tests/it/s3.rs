@@ -439,3 +439,46 @@ fn s3_gc_deletes_a_crashed_writers_pack() {
     assert_eq!(v[0]["already_present"], false, "{v}");
     s.assert_verify_full_clean();
 }
+
+/// An https endpoint whose certificate a private CA signed: refused until
+/// the CA is given (`ca_cert=` in the URL, or `CHUNKSTORE_CA_CERT`).
+#[test]
+fn s3_https_endpoint_with_a_private_ca() {
+    let Some(url) = std::env::var("CHUNKSTORE_S3_TEST_TLS_URL").ok().filter(|u| !u.is_empty()) else {
+        let required = std::env::var("CHUNKSTORE_S3_REQUIRED").is_ok_and(|v| v == "1");
+        assert!(!required, "CHUNKSTORE_S3_REQUIRED=1 but CHUNKSTORE_S3_TEST_TLS_URL is not set");
+        eprintln!("skipped: CHUNKSTORE_S3_TEST_TLS_URL is not set (.ci/run sets it)");
+        return;
+    };
+    let ca = std::env::var("CHUNKSTORE_S3_TEST_CA").expect("CHUNKSTORE_S3_TEST_CA names the endpoint's CA");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (path, query) = url.split_once('?').unwrap();
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let store = format!("{}/it/tls-{nanos}?{query}", path.trim_end_matches('/'));
+    let (a, _) = layers(d);
+    let run = |url: &str, cache: &str, ca_env: Option<&str>, args: &[&str]| {
+        let mut c = Command::new(bin());
+        c.env_remove("CHUNKSTORE_CA_CERT").arg("--store").arg(url).arg("--cache-dir").arg(d.join(cache)).args(args);
+        if let Some(ca) = ca_env {
+            c.env("CHUNKSTORE_CA_CERT", ca);
+        }
+        c.output().unwrap()
+    };
+    let o = run(&store, "untrusted", None, &["ls"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("not trusted") && err.contains("ca_cert"), "{err}");
+
+    let with_ca = format!("{store}&ca_cert={ca}");
+    let o = run(&with_ca, "a", None, &["--json", "ingest", a[0].to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = diff_id(&a[0]);
+    // Another index, the CA from the environment: it rebuilds from the bucket and exports exactly.
+    let out = d.join("out.tar");
+    let o = run(&store, "b", Some(&ca), &["export", &id, "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&a[0]).unwrap());
+    let o = run(&store, "b", Some(&ca), &["verify", "--full"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -1,0 +1,51 @@
+//! The S3 backend's HTTP client for plain `http://` endpoints.
+
+use std::time::Duration;
+
+/// The HTTP client for plain `http://` endpoints: hyper without TLS, so a
+/// process does not pay for loading the system's root certificates
+/// (~45 ms, which a one-shot command such as `export` feels).
+#[derive(Debug)]
+pub(super) struct PlainHttp;
+
+type HyperClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    object_store::client::HttpRequestBody,
+>;
+
+#[derive(Debug)]
+struct PlainHttpService(HyperClient);
+
+impl object_store::client::HttpConnector for PlainHttp {
+    fn connect(&self, _: &object_store::ClientOptions) -> object_store::Result<object_store::client::HttpClient> {
+        let mut conn = hyper_util::client::legacy::connect::HttpConnector::new();
+        conn.set_nodelay(true);
+        conn.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(conn);
+        Ok(object_store::client::HttpClient::new(PlainHttpService(client)))
+    }
+}
+
+#[async_trait::async_trait]
+impl object_store::client::HttpService for PlainHttpService {
+    async fn call(
+        &self,
+        req: object_store::client::HttpRequest,
+    ) -> std::result::Result<object_store::client::HttpResponse, object_store::client::HttpError> {
+        use http_body_util::BodyExt;
+        use object_store::client::{HttpError, HttpErrorKind, HttpResponseBody};
+        let res = match tokio::time::timeout(Duration::from_secs(300), self.0.request(req)).await {
+            Err(e) => return Err(HttpError::new(HttpErrorKind::Timeout, e)),
+            Ok(Err(e)) => {
+                let kind = if e.is_connect() { HttpErrorKind::Connect } else { HttpErrorKind::Request };
+                return Err(HttpError::new(kind, e));
+            }
+            Ok(Ok(r)) => r,
+        };
+        let (parts, body) = res.into_parts();
+        let body = HttpResponseBody::new(body.map_err(|e| HttpError::new(HttpErrorKind::Interrupted, e)));
+        Ok(object_store::client::HttpResponse::from_parts(parts, body))
+    }
+}
