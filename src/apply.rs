@@ -540,12 +540,19 @@ impl Store {
     }
 }
 
-/// Names zstd failures as what they are: a damaged tarball.
+/// Names zstd failures as what they are: a damaged tarball. An error the
+/// input itself already named (a broken transfer) passes through as it is.
 struct DecodeErr<R>(R);
 
 impl<R: Read> Read for DecodeErr<R> {
     fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
-        self.0.read(b).map_err(|e| bad(format!("corrupt or truncated zstd stream: {e}")).into())
+        self.0.read(b).map_err(|e| {
+            if e.get_ref().is_some_and(|r| r.is::<Error>()) {
+                e
+            } else {
+                bad(format!("corrupt or truncated zstd stream: {e}")).into()
+            }
+        })
     }
 }
 

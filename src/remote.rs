@@ -484,7 +484,15 @@ impl Store {
         if self.layer(layer)?.is_some() {
             s.already_present = true;
         } else if opts.via == Via::Dedup && !anonymous {
-            match self.pull_dedup(hub, client, layer, opts, &wire, &mut s.resumed_bytes) {
+            // A broken stream (a restarted hub) is resumed once from the bytes
+            // kept so far; broken again, the pull goes on chunk by chunk.
+            let mut dedup = self.pull_dedup(hub, client, layer, opts, &wire, &mut s.resumed_bytes);
+            if let Some(e) = dedup.as_ref().err().filter(|e| transient(e)) {
+                tracing::warn!(error = %e, "dedup transfer broke off; resuming it");
+                // What it resumes from crossed the network in this run: not counted as resumed.
+                dedup = self.pull_dedup(hub, client, layer, opts, &wire, &mut 0);
+            }
+            match dedup {
                 Ok(Some(summary)) => s.ingest = Some(summary),
                 Ok(None) => {
                     // The hub's map was stale: fetch what is missing, then tell it the truth.
@@ -722,7 +730,9 @@ struct CountingRead<'a, R> {
 
 impl<R: Read> Read for CountingRead<'_, R> {
     fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(b)?;
+        // A broken body is the network's failure, not damage in what it
+        // carried: an I/O error (retried, resumed) through every decoder.
+        let n = self.inner.read(b).map_err(|e| Error::io("the transfer from the hub broke off", e))?;
         self.wire.add(n);
         if let Some(p) = &self.progress {
             p.store(self.wire.get(), Ordering::Relaxed);

@@ -137,6 +137,50 @@ fn killed_dedup_pull_resumes() {
     assert!(hub.stop().success());
 }
 
+/// A hub killed while it streams a dedup tarball: the edge keeps what
+/// arrived (a broken transfer is not a damaged tarball), fails cleanly once
+/// the hub stays away, and run again against the restarted hub sends for
+/// the rest only.
+#[test]
+fn hub_killed_mid_dedup_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (hub_store, edge) = (d.join("hub"), d.join("edge"));
+    let l = noise_layer(d, "big", 6 << 20, 44);
+    l.ingest(&hub_store);
+    let slow = [("CHUNKSTORE_TEST_STREAM_DELAY_MS", "40")];
+    let mut hub = Hub::start(&hub_store, &[], &slow);
+    let t = token(&hub_store, "edge-h", "pull", "1h");
+    let url = hub.url();
+    let args = ["--json", "pull", "--hub", &url, "--client", "edge-h", "--token", &t, &l.id];
+    let mut p = Guard(Some(command(&edge, &args, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()));
+    let started = Instant::now();
+    while partial_bytes(&edge) < 1 << 20 {
+        if let Some(s) = p.try_wait() {
+            panic!("the pull ended ({s}) before it had received 1 MiB");
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no 1 MiB kept after 60 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    hub.kill();
+    let o = p.wait_output(Duration::from_secs(120));
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(!err.contains("corrupt") && !err.contains("panicked"), "{err}");
+    assert!(layer_ids(&edge).is_empty(), "a failed pull recorded the layer");
+    let kept = partial_bytes(&edge);
+    assert!(kept >= 1 << 20, "the received part was dropped: {kept} bytes kept");
+    assert_verify_clean(&edge);
+
+    let addr = hub.addr.clone();
+    let hub = Hub::start_on(&hub_store, &addr, &[], &slow).expect("restarting the hub");
+    let s = pull(&edge, &hub, "edge-h", &t, &l.id, &[]);
+    assert_eq!((s["via"].as_str(), s["resumed_bytes"].as_u64()), (Some("dedup"), Some(kept)), "{s}");
+    assert_exact(&edge, &l);
+    assert_eq!(partial_bytes(&edge), 0);
+    assert!(hub.stop().success());
+}
+
 /// Issue 5: the hub is killed mid-pull and restarted on the same port with
 /// the same store; the pull rides it out with retries (or fails cleanly,
 /// and a rerun succeeds). Either way the edge ends up exact.
