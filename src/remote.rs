@@ -40,6 +40,28 @@ impl WireCounter {
     }
 }
 
+/// How long the hub may go silent (see [`Remote::with_roots`]): 120 s, or
+/// `$CHUNKSTORE_HUB_TIMEOUT` seconds.
+fn idle_timeout() -> Duration {
+    let secs = std::env::var("CHUNKSTORE_HUB_TIMEOUT").ok().and_then(|v| v.parse::<f64>().ok());
+    Duration::from_secs_f64(secs.filter(|s| *s > 0.0 && s.is_finite()).unwrap_or(120.0))
+}
+/// The most a JSON answer (a layer or client list, a record) may hold.
+const MAX_JSON: u64 = 64 << 20;
+/// The most an error answer's body is read for its message.
+const MAX_ERROR_BODY: u64 = 64 << 10;
+
+/// Read a whole response body of at most `limit` bytes: a hub cannot make
+/// the edge hold more than that.
+fn read_limited(what: &str, resp: reqwest::blocking::Response, limit: u64) -> Result<Vec<u8>> {
+    let mut b = Vec::new();
+    resp.take(limit + 1).read_to_end(&mut b).map_err(|e| Error::io(format!("{what}: reading the response"), e))?;
+    if b.len() as u64 > limit {
+        return Err(Error::invalid(format!("{what}: the hub's answer is over the {limit}-byte limit")));
+    }
+    Ok(b)
+}
+
 fn transient(e: &Error) -> bool {
     matches!(e.kind(), ErrorKind::Io | ErrorKind::Busy)
 }
@@ -59,7 +81,10 @@ impl Remote {
         }
         let mut builder = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .timeout(None)
+            // Until the response starts, then for each read of a streamed body
+            // (a whole read for the small bodies read at once): a hub that
+            // stalls is given up on, as a broken transfer.
+            .timeout(idle_timeout())
             .pool_max_idle_per_host(64);
         // rustls needs a process-wide crypto provider (ring, which the S3
         // client builds anyway); an error only means one is installed already.
@@ -113,14 +138,8 @@ impl Remote {
         }
     }
 
-    fn bytes(
-        &self,
-        what: &str,
-        resp: reqwest::blocking::Response,
-        wire: &WireCounter,
-    ) -> Result<impl std::ops::Deref<Target = [u8]>> {
-        let b =
-            resp.bytes().map_err(|e| Error::io(format!("{what}: reading the response"), std::io::Error::other(e)))?;
+    fn bytes(&self, what: &str, resp: reqwest::blocking::Response, wire: &WireCounter, limit: u64) -> Result<Vec<u8>> {
+        let b = read_limited(what, resp, limit)?;
         wire.add(b.len());
         Ok(b)
     }
@@ -128,7 +147,7 @@ impl Remote {
     /// The hub's layers.
     pub fn layers(&self) -> Result<Vec<LayerInfo>> {
         let r = self.send("listing layers", || self.http.get(self.url("/layers")))?;
-        let v: Vec<serde_json::Value> = r.json().map_err(|e| Error::invalid(format!("listing layers: {e}")))?;
+        let v: Vec<serde_json::Value> = parse_json("listing layers", r)?;
         v.iter()
             .map(|l| {
                 let id = l["id"].as_str().ok_or_else(|| Error::invalid("listing layers: no id"))?;
@@ -156,7 +175,7 @@ impl Remote {
     pub fn bundle(&self, layer: &LayerId, wire: &WireCounter) -> Result<RecipeBundle> {
         let what = format!("fetching the recipe of {layer}");
         let r = self.send(&what, || self.http.get(self.url(&format!("/layers/{layer}/bundle"))))?;
-        let b = self.bytes(&what, r, wire)?;
+        let b = self.bytes(&what, r, wire, transfer::MAX_BUNDLE)?;
         RecipeBundle::decode(&b)
     }
 
@@ -180,10 +199,14 @@ impl Remote {
             let mut body =
                 std::io::BufReader::with_capacity(256 << 10, CountingRead { inner: r, wire, progress: None });
             let result = transfer::read_chunk_batch_keep(&mut body, ids).and_then(|chunks| {
-                // The whole response read, so the connection is reused.
-                std::io::copy(&mut body, &mut std::io::sink())
-                    .map_err(|e| crate::error::from_io(e, format!("{what}: reading the response")))?;
-                Ok(chunks)
+                // The whole response read, so the connection is reused; it
+                // must end where the batch does.
+                let mut more = [0u8; 1];
+                match body.read(&mut more) {
+                    Ok(0) => Ok(chunks),
+                    Ok(_) => Err(Error::invalid(format!("{what}: the hub sent more than the chunks asked for"))),
+                    Err(e) => Err(crate::error::from_io(e, format!("{what}: reading the response"))),
+                }
             });
             match result {
                 Err(e) if transient(&e) && attempt < self.attempts => attempt += 1,
@@ -194,7 +217,7 @@ impl Remote {
 
     fn post_json(&self, what: &str, path: &str, body: serde_json::Value) -> Result<serde_json::Value> {
         let r = self.send(what, || self.http.post(self.url(path)).json(&body))?;
-        r.json().map_err(|e| Error::invalid(format!("{what}: {e}")))
+        parse_json(what, r)
     }
 
     /// Tell the hub the client now holds `layers`.
@@ -270,7 +293,8 @@ fn placeholder_info() -> LayerInfo {
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(what: &str, r: reqwest::blocking::Response) -> Result<T> {
-    r.json().map_err(|e| Error::invalid(format!("{what}: the hub's answer: {e}")))
+    let b = read_limited(what, r, MAX_JSON)?;
+    serde_json::from_slice(&b).map_err(|e| Error::invalid(format!("{what}: the hub's answer: {e}")))
 }
 
 /// A request that got no response. A TLS failure (an untrusted certificate,
@@ -304,9 +328,9 @@ fn find_tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a ru
 
 fn http_error(what: &str, resp: reqwest::blocking::Response) -> Error {
     let status = resp.status();
-    let msg = resp
-        .json::<serde_json::Value>()
+    let msg = read_limited(what, resp, MAX_ERROR_BODY)
         .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
         .unwrap_or_else(|| status.to_string());
     let kind = match status.as_u16() {
@@ -691,7 +715,9 @@ impl Store {
             let r = hub.send("asking which chunks the hub lacks", || {
                 hub.http.post(hub.url("/chunks/missing")).body(body.clone())
             })?;
-            let b = hub.bytes("asking which chunks the hub lacks", r, &WireCounter::default())?;
+            // At most the ids asked about, 32 bytes each.
+            let limit = 32 * group.len() as u64;
+            let b = hub.bytes("asking which chunks the hub lacks", r, &WireCounter::default(), limit)?;
             missing.extend(transfer::parse_chunk_ids(&b, group.len())?);
         }
         let sent = AtomicU64::new(0);

@@ -147,8 +147,9 @@ impl App {
         let token = h
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            // The scheme's name is case-insensitive (RFC 9110).
+            .and_then(|v| v.split_once(' ').filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer")))
+            .map(|(_, t)| t.trim());
         let Some(token) = token else {
             if public && self.opts.public_read {
                 return Ok(None);
@@ -157,7 +158,11 @@ impl App {
         };
         let claims = self.tokens.verify(token)?;
         if !claims.scope.allows(need) {
-            return Err(forbidden(format!("token scope {:?} does not allow this ({:?} needed)", claims.scope, need)));
+            return Err(forbidden(format!(
+                "a {} token does not allow this ({} needed)",
+                claims.scope.as_str(),
+                need.as_str()
+            )));
         }
         if let Some(c) = client {
             if claims.scope != Scope::Admin && claims.client != *c {

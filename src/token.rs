@@ -47,7 +47,8 @@ impl Scope {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    /// `pull`, `push` or `admin`.
+    pub fn as_str(self) -> &'static str {
         match self {
             Scope::Pull => "pull",
             Scope::Push => "push",
@@ -101,8 +102,10 @@ impl TokenVerifier {
         let (body, sig) = token.rsplit_once('.').ok_or_else(|| denied("malformed"))?;
         let sig = B64.decode(sig).map_err(|_| denied("malformed signature"))?;
         mac(&self.key, body).verify_slice(&sig).map_err(|_| denied("bad signature"))?;
-        let parts: Vec<&str> = body.split('.').collect();
-        let [PREFIX, client, scope, expires, _nonce] = parts[..] else { return Err(denied("malformed")) };
+        // From the right: a client name may itself hold dots.
+        let rest = body.strip_prefix(PREFIX).and_then(|r| r.strip_prefix('.')).ok_or_else(|| denied("malformed"))?;
+        let parts: Vec<&str> = rest.rsplitn(4, '.').collect();
+        let [_nonce, expires, scope, client] = parts[..] else { return Err(denied("malformed")) };
         let expires: u64 = expires.parse().map_err(|_| denied("malformed expiry"))?;
         if expires <= now() {
             return Err(denied("expired"));
@@ -198,5 +201,11 @@ mod tests {
         let old = s.issue_token(&c, Scope::Pull, Duration::from_secs(0)).unwrap();
         assert!(v.verify(&old).unwrap_err().to_string().contains("expired"));
         assert!(Scope::Admin.allows(Scope::Push) && !Scope::Pull.allows(Scope::Push));
+        // Client names may hold dots, as the token's fields do.
+        let dotted = ClientId::new("edge.eu-1.b").unwrap();
+        let t = s.issue_token(&dotted, Scope::Push, Duration::from_secs(60)).unwrap();
+        let claims = v.verify(&t).unwrap();
+        assert_eq!((claims.client, claims.scope), (dotted, Scope::Push));
+        assert!(v.verify(&t.replacen("edge.eu-1.b", "edge.eu-1", 1)).is_err());
     }
 }

@@ -137,6 +137,8 @@ fn bad_option_values_are_usage_errors() {
         &["gc", "--grace", "abc"][..],
         &["gc", "--grace", "-1s"],
         &["token", "issue", "--client", "a", "--ttl", "5x"],
+        &["token", "issue", "--client", "a", "--ttl", "0s"],
+        &["serve", "--listen", "127.0.0.1:0", "--timeout", "0"],
         &["token", "issue", "--client", "a", "--scope", "root"],
         &["token", "issue", "--client", "Not-A-Name"],
         &["client", "add", "UPPER"],

@@ -11,6 +11,7 @@ mod delta;
 mod golden;
 pub(crate) mod net;
 mod net_clients;
+mod net_hostile;
 mod net_resume;
 mod props;
 mod roundtrip;

@@ -24,7 +24,7 @@ enum Verb {
         #[arg(long, default_value = "pull")]
         scope: Scope,
         /// How long it is valid: e.g. 90s, 30m, 1h, 7d
-        #[arg(long, default_value = "1h", value_parser = duration)]
+        #[arg(long, default_value = "1h", value_parser = lifetime)]
         ttl: Duration,
     },
 }
@@ -43,6 +43,11 @@ pub fn duration(s: &str) -> Result<Duration, String> {
         _ => return Err(bad()),
     };
     Ok(Duration::from_secs(n.checked_mul(unit).ok_or_else(bad)?))
+}
+
+/// A token's lifetime: a [`duration`] over zero (a zero one would be expired).
+fn lifetime(s: &str) -> Result<Duration, String> {
+    duration(s).and_then(|d| if d.is_zero() { Err("a token must live longer than 0s".into()) } else { Ok(d) })
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
