@@ -22,6 +22,8 @@ use tokio::sync::mpsc;
 
 /// Largest body for chunk uploads and layer commits.
 pub const MAX_UPLOAD: usize = 64 << 20;
+/// Largest JSON request body (a list of layers: some 40,000).
+const MAX_JSON_BODY: usize = 4 << 20;
 
 /// How the hub serves.
 #[derive(Debug, Clone)]
@@ -254,8 +256,23 @@ async fn get_bundle(State(app): State<Arc<App>>, h: HeaderMap, Path(layer): Path
     Ok(([(header::CONTENT_TYPE, "application/vnd.chunkstore.bundle.v1")], b).into_response())
 }
 
-async fn fetch_chunks(State(app): State<Arc<App>>, h: HeaderMap, body: Bytes) -> ApiResult<Response> {
+/// A request body, read only once the token has passed (an extractor would
+/// read it first, so anyone could make the hub hold `limit` bytes).
+async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::iter::successors(Some(&e as &dyn std::error::Error), |c| c.source())
+            .any(|c| c.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError(StatusCode::PAYLOAD_TOO_LARGE, "TOO_LARGE", format!("request body over {limit} bytes"))
+        } else {
+            ApiError(StatusCode::BAD_REQUEST, "INVALID", format!("reading the request body: {e}"))
+        }
+    })
+}
+
+async fn fetch_chunks(State(app): State<Arc<App>>, h: HeaderMap, body: Body) -> ApiResult<Response> {
     app.authorize(&h, Scope::Pull, None, true)?;
+    let body = read_body(body, MAX_BATCH * 32).await?;
     let ids = transfer::parse_chunk_ids(&body, MAX_BATCH)?;
     // Check presence first, so a missing chunk is a clean 404, not a cut stream.
     let store = app.store.clone();
@@ -279,8 +296,9 @@ async fn fetch_chunks(State(app): State<Arc<App>>, h: HeaderMap, body: Bytes) ->
     }))
 }
 
-async fn missing_chunks(State(app): State<Arc<App>>, h: HeaderMap, body: Bytes) -> ApiResult<Response> {
+async fn missing_chunks(State(app): State<Arc<App>>, h: HeaderMap, body: Body) -> ApiResult<Response> {
     app.authorize(&h, Scope::Push, None, false)?;
+    let body = read_body(body, MAX_QUERY * 32).await?;
     let ids = transfer::parse_chunk_ids(&body, MAX_QUERY)?;
     let store = app.store.clone();
     let missing = blocking(move || store.missing_chunks(&ids)).await?;
@@ -288,8 +306,9 @@ async fn missing_chunks(State(app): State<Arc<App>>, h: HeaderMap, body: Bytes) 
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], out).into_response())
 }
 
-async fn upload_chunks(State(app): State<Arc<App>>, h: HeaderMap, body: Bytes) -> ApiResult<Response> {
+async fn upload_chunks(State(app): State<Arc<App>>, h: HeaderMap, body: Body) -> ApiResult<Response> {
     app.authorize(&h, Scope::Push, None, false)?;
+    let body = read_body(body, MAX_UPLOAD).await?;
     let store = app.store.clone();
     let n = blocking(move || {
         let chunks = transfer::read_chunk_batch_any(&body[..])?;
@@ -303,10 +322,11 @@ async fn commit_layer(
     State(app): State<Arc<App>>,
     h: HeaderMap,
     Path(layer): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<Response> {
     app.authorize(&h, Scope::Push, None, false)?;
     let layer = layer_id(&layer)?;
+    let body = read_body(body, MAX_UPLOAD).await?;
     let store = app.store.clone();
     let summary = blocking(move || {
         let bundle = RecipeBundle::decode(&body)?;
@@ -539,7 +559,9 @@ pub fn router(store: Arc<Store>, opts: ServeOptions) -> crate::Result<Router> {
         .route("/v2/_chunkstore/", get(root))
         .nest("/v2/_chunkstore", api)
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint".into()) })
-        .layer(DefaultBodyLimit::max(MAX_UPLOAD))
+        // For the JSON bodies extractors read (layer lists), before the token
+        // is checked; the binary bodies are read after it (`read_body`).
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
         .layer(axum::middleware::map_response(json_errors))
         .layer(

@@ -770,6 +770,12 @@ fn errors_are_json_and_sigterm_is_clean() {
     check("POST", &hub.api("/clients/edge-e/ack"), tk, Some(b"layers"), 415, "UNSUPPORTED_MEDIA_TYPE");
     check("POST", &hub.api("/clients/edge-e/ack"), tk, Some(b"{not json"), 400, "INVALID");
     check("POST", &hub.api("/clients/edge-e/ack"), tk, Some(b"{\"layer\": 1}"), 422, "INVALID");
+    // A body is read only once its token passes: unauthenticated, even one
+    // over the limit is refused for the token; with one, for its size.
+    let huge = vec![0u8; 65 << 20];
+    check("POST", &hub.api("/chunks"), None, Some(&huge), 401, "DENIED");
+    let push = token(&hub_store, "edge-e", "push", "1h");
+    check("POST", &hub.api("/chunks"), Some(&push), Some(&huge), 413, "TOO_LARGE");
     // The refusals and failures above did not hurt the hub.
     let s = pull(&d.join("edge"), &hub, "edge-e", &t, &a.id, &[]);
     assert_eq!(s["fell_back"], false, "{s}");
