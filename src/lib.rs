@@ -49,6 +49,8 @@ mod layerobj;
 mod pack;
 #[cfg(feature = "client")]
 mod partial;
+#[cfg(feature = "client")]
+mod pinned_tls;
 mod possession;
 mod recipe;
 mod reindex;

@@ -94,12 +94,16 @@ impl Remote {
         // plain-HTTP hub costs none of it.
         builder = builder.tls_backend_rustls();
         if let Some(pem) = ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
+            use rustls::pki_types::pem::PemObject;
+            let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+                .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(|e| Error::new(ErrorKind::Config, format!("reading CA certificates: {e}")))?;
             if certs.is_empty() {
                 return Err(Error::new(ErrorKind::Config, "no PEM certificate in the CA file"));
             }
-            builder = builder.tls_certs_merge(certs);
+            let tls = crate::pinned_tls::client_config(certs)
+                .map_err(|e| Error::new(ErrorKind::Config, format!("TLS with the CA certificates: {e}")))?;
+            builder = builder.tls_backend_preconfigured(tls);
         }
         let http = builder.build().map_err(|e| Error::io("HTTP client", std::io::Error::other(e)))?;
         Ok(Remote { base: format!("{base}/v2/_chunkstore"), token, http, attempts: 6 })
@@ -305,7 +309,8 @@ fn request_error(what: &str, e: reqwest::Error) -> Error {
             ErrorKind::Config,
             format!(
                 "{what}: TLS with the hub failed: {tls} \
-                 (for a certificate a private CA signed, pass the CA with --ca-cert)"
+                 (for a certificate a private CA signed, pass the CA with --ca-cert; \
+                 for a self-signed one, pass that certificate)"
             ),
         );
     }

@@ -110,3 +110,48 @@ fn serve_and_pull_refuse_unusable_tls_files() {
     );
     assert!(err.contains("certificate"), "{err}");
 }
+
+/// A self-signed certificate that says it is a CA, as `openssl req -x509`
+/// makes by default, for `names`: its PEM and its key's.
+fn self_signed_ca_flagged(dir: &Path, names: &[&str], tag: &str) -> (PathBuf, PathBuf) {
+    let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let key = KeyPair::generate().unwrap();
+    let cert = p.self_signed(&key).unwrap();
+    let (c, k) = (dir.join(format!("{tag}.pem")), dir.join(format!("{tag}.key")));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+/// The hub's own self-signed certificate given as --ca-cert is trusted, as
+/// curl and Docker trust it, even flagged as a CA; its host names still count.
+#[test]
+fn a_self_signed_hub_certificate_given_as_its_own_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (hub_store, edge) = (d.join("hub"), d.join("edge"));
+    let a = noise_layer(d, "a", 200_000, 72);
+    a.ingest(&hub_store);
+    let t = token(&hub_store, "edge-s", "pull", "1h");
+    let (cert, key) = self_signed_ca_flagged(d, &["127.0.0.1"], "self");
+    let hub = Hub::start(&hub_store, &["--tls-cert", s(&cert), "--tls-key", s(&key)], &[]);
+    let url = hub.url();
+    let err = run_fails(&edge, &["pull", "--hub", &url, "--client", "edge-s", "--token", &t, &a.id], &[]);
+    assert!(err.contains("certificate"), "{err}");
+    pull(&edge, &hub, "edge-s", &t, &a.id, &["--ca-cert", s(&cert)]);
+    assert_exact(&edge, &a);
+    assert!(hub.stop().success());
+
+    // The same kind of certificate for another name: refused although given.
+    let (other, other_key) = self_signed_ca_flagged(d, &["hub.example"], "other");
+    let hub = Hub::start(&hub_store, &["--tls-cert", s(&other), "--tls-key", s(&other_key)], &[]);
+    let url = hub.url();
+    let err = run_fails(
+        &d.join("edge2"),
+        &["pull", "--hub", &url, "--client", "edge-s", "--token", &t, "--ca-cert", s(&other), &a.id],
+        &[],
+    );
+    assert!(err.contains("certificate"), "{err}");
+    assert!(hub.stop().success());
+}
