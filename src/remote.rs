@@ -392,7 +392,8 @@ pub struct TransferOptions {
     /// Progress: bytes received or sent so far.
     pub progress: Option<Arc<AtomicU64>>,
     /// A pull stores fetched chunks durably (one pack, one index commit) each
-    /// time this many bytes have arrived; a killed pull keeps every stored group.
+    /// time this many bytes have arrived, or an eighth of what it lacks (at
+    /// least 4 MiB) if that is less; a killed pull keeps every stored group.
     pub store_group_bytes: usize,
     /// A pull via chunks checks the layer while its chunks arrive when the
     /// missing chunks hold at most this many raw bytes, else after the fetch.
@@ -437,6 +438,9 @@ pub struct PullSummary {
     /// Whether the hub was told (not without a token: an anonymous pull from
     /// a `--public-read` hub goes via chunks and leaves no trace in its maps).
     pub acknowledged: bool,
+    /// Why the acknowledgement failed, when it did (the layer is stored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ack_error: Option<String>,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -505,6 +509,7 @@ impl Store {
             resumed_bytes: 0,
             ingest: None,
             acknowledged: false,
+            ack_error: None,
             seconds: 0.0,
         };
         // Without a token only the public part of the API (a --public-read
@@ -544,6 +549,16 @@ impl Store {
                 Err(e) => return Err(e),
             }
         } else {
+            if !anonymous {
+                // Fetching chunks needs only a pull scope; the acknowledgement
+                // needs this client's: a token for another fails now, not after
+                // (reading the client's record checks it and changes nothing).
+                match hub.client(client) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
             let (n, summary) = self.pull_chunks(hub, layer, opts, &wire)?;
             s.fetched_chunks = n;
             s.ingest = Some(summary);
@@ -553,8 +568,16 @@ impl Store {
         if anonymous {
             s.via = Via::Chunks;
         } else {
-            hub.ack(client, &[*layer])?;
-            s.acknowledged = true;
+            // The layer is here and verified whatever the hub answers now (a
+            // token that expired meanwhile, a hub shutting down): the summary
+            // says it was not told, and its next diff for this client is stale.
+            match hub.ack(client, &[*layer]) {
+                Ok(()) => s.acknowledged = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the layer is stored, but the hub was not told");
+                    s.ack_error = Some(e.to_string());
+                }
+            }
         }
         s.wire_bytes = wire.get();
         s.seconds = started.elapsed().as_secs_f64();
@@ -642,6 +665,8 @@ impl Store {
         let missing_set: HashSet<&ChunkId> = missing.iter().collect();
         let raw_bytes: u64 = needed.iter().filter(|(c, _)| missing_set.contains(c)).map(|(_, l)| *l as u64).sum();
         let overlap = raw_bytes <= opts.overlap_max_bytes;
+        // Small pulls store in smaller groups, so that a killed one keeps some.
+        let group = opts.store_group_bytes.min(usize::try_from(raw_bytes / 8).unwrap_or(usize::MAX).max(4 << 20));
         uses.retain(|c, _| overlap && missing_set.contains(c));
         let arrivals = Arrivals::new(uses);
         let batches: Vec<Vec<ChunkId>> =
@@ -659,7 +684,7 @@ impl Store {
                     for c in &chunks {
                         sink.push(c)?;
                     }
-                    if sink.pending_bytes() >= opts.store_group_bytes {
+                    if sink.pending_bytes() >= group {
                         sink.seal()?;
                     }
                 }

@@ -629,6 +629,14 @@ fn tokens_scopes_and_pushes() {
     // A forged scope, and a token signed by another store's key.
     refused(Some(&t3.replacen(".pull.", ".admin.", 1)), "bad signature");
     refused(Some(&token(&d.join("elsewhere"), "edge-3", "pull", "1h")), "bad signature");
+    // Another client's token: refused before any chunk moves, by either route.
+    for via in ["dedup", "chunks"] {
+        let mut args = pull_args(Some(&t4));
+        args.splice(args.len() - 1..args.len() - 1, ["--via".to_string(), via.to_string()]);
+        let err = run_fails(&e3, &args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+        assert!(err.contains("403"), "{via}: {err}");
+        assert_eq!(count_files(&e3.join("packs")), 0, "{via}: chunks were fetched for a refused pull");
+    }
     assert_api_error(
         http("GET", &hub.api("/clients/edge-4"), Some(&t3.replacen(".pull.", ".admin.", 1)), None),
         401,

@@ -53,10 +53,13 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     let s = store.pull(&hub, &client, &layer, &opts);
     progress.finish();
     let s = s?;
+    if let Some(e) = &s.ack_error {
+        eprintln!("chunkstore: warning: {layer} is stored here, but the hub was not told: {e}");
+    }
     if ctx.json {
         output::json(&s)?;
     } else if s.already_present {
-        outln!("{layer}: already here; acknowledged to the hub")?;
+        outln!("{layer}: already here{}", if s.acknowledged { "; acknowledged to the hub" } else { "" })?;
     } else {
         let size = s.ingest.as_ref().map_or(0, |i| i.layer.tar_size);
         outln!(
