@@ -220,7 +220,11 @@ fn stream_body(
         let mut w = ChannelWriter { tx: tx.clone(), buf: Vec::new(), delay };
         let r = produce(&mut w).and_then(|_| w.flush().map_err(|e| Error::io("streaming", e)));
         if let Err(e) = r {
-            tracing::warn!(error = %e, "stream aborted");
+            if e.kind() == crate::ErrorKind::Corrupt {
+                tracing::error!(error = %e, "stream aborted: the store is damaged (`chunkstore verify` names what)");
+            } else {
+                tracing::warn!(error = %e, "stream aborted");
+            }
             // An error mid-body: end the stream with an error so the client sees a broken body.
             let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
         }

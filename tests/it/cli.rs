@@ -143,6 +143,8 @@ fn bad_option_values_are_usage_errors() {
         &["token", "issue", "--client", "Not-A-Name"],
         &["client", "add", "UPPER"],
         &["diff", "--client", "", "sha256:00"],
+        &["pull", "--hub", "hub:7300", "--client", "a", "sha256:00"],
+        &["client", "--hub", "ftp://hub", "ls"],
     ] {
         let o = cs(&store, args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 pub struct Args {
     /// Manage the clients of the hub at this URL through its API (an admin
     /// token) instead of those of the local store
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = crate::hub::hub_url)]
     hub: Option<String>,
     /// Bearer token for --hub (admin scope)
     #[arg(long, env = "CHUNKSTORE_TOKEN", hide_env_values = true)]

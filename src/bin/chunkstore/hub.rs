@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 #[derive(clap::Args)]
 pub struct HubArgs {
     /// The hub's base URL, e.g. http://hub:7300 or https://hub:7443
-    #[arg(long, env = "CHUNKSTORE_HUB")]
+    #[arg(long, env = "CHUNKSTORE_HUB", value_parser = hub_url)]
     pub hub: String,
     /// Bearer token (pull scope for --client to pull, push scope to push)
     #[arg(long, env = "CHUNKSTORE_TOKEN", hide_env_values = true)]
@@ -21,6 +21,15 @@ pub struct HubArgs {
 impl HubArgs {
     pub fn connect(self) -> Result<Remote> {
         connect(&self.hub, self.token, self.ca_cert.as_deref())
+    }
+}
+
+/// A hub URL as an argument (a usage error otherwise).
+pub fn hub_url(s: &str) -> Result<String, String> {
+    if s.starts_with("http://") || s.starts_with("https://") {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is not a hub URL: use http://HOST:PORT or https://HOST:PORT"))
     }
 }
 
