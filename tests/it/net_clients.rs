@@ -56,6 +56,11 @@ fn clients_are_managed_through_the_hub_while_it_serves() {
     assert_eq!(v["removed"].as_str(), Some("edge-7"), "{v}");
     let err = run_fails(&ops, &["client", "--hub", &url, "--token", &admin, "show", "edge-7"], &[]);
     assert!(err.contains("404"), "{err}");
+    // A name never added is not created by holding (a typo stays an error).
+    let err = run_fails(&ops, &["client", "--hub", &url, "--token", &admin, "hold", "edge-typo", &b.id], &[]);
+    assert!(err.contains("404"), "{err}");
+    let v = client_cmd(&ops, &url, &admin, &["ls"]);
+    assert!(v.as_array().unwrap().iter().all(|c| c["name"] != "edge-typo"), "{v}");
     assert!(hub.stop().success());
     // What the hub recorded is in its store.
     let v = run_json(&hub_store, &["client", "ls"], &[]);

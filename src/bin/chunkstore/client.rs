@@ -95,7 +95,12 @@ fn remote(ctx: &Ctx, hub: &Remote, verb: Verb) -> Result<()> {
         }
         Verb::Ls => list(ctx, &hub.clients()?),
         Verb::Show { name } => report(ctx, &hub.client(&name)?, ""),
-        Verb::Hold { name, layers: l } => report(ctx, &hub.hold(&name, &resolve(&l)?)?, "now holds"),
+        Verb::Hold { name, layers: l } => {
+            // The hub registers an unknown client on its acknowledgement (a
+            // pull's first); here, as locally, a name must be added first.
+            hub.client(&name)?;
+            report(ctx, &hub.hold(&name, &resolve(&l)?)?, "now holds")
+        }
         Verb::Drop { name, layers: l } => report(ctx, &hub.evict(&name, &resolve(&l)?)?, "now holds"),
     }
 }
