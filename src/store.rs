@@ -22,7 +22,7 @@ const STORE_ENTRIES: &[&str] = &["packs", "layers", "tmp", "partial", "unsettled
 /// Refuse to open a store where one cannot be: a path that is not a
 /// directory, or a directory holding files no store would, since opening
 /// creates directories there and clears staged packs from its `tmp/`.
-fn check_store_dir(dir: &Path) -> Result<()> {
+pub(crate) fn check_store_dir(dir: &Path) -> Result<()> {
     let io = |e| Error::io(format!("opening {}", dir.display()), e);
     match std::fs::metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

@@ -126,6 +126,8 @@ fn key_at(dir: &Path) -> Result<[u8; 32]> {
         }
         Err(_) => {}
     }
+    // A new key only where a store is or may be made.
+    crate::store::check_store_dir(dir)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let mut k = [0u8; 32];
     getrandom::getrandom(&mut k)

@@ -21,6 +21,10 @@ fn a_directory_that_is_not_a_store_is_refused_and_left_alone() {
     left.sort();
     assert_eq!(left, ["tmp", "todo"], "nothing created");
     assert_eq!(std::fs::read(theirs.join("tmp/notes.txt")).unwrap(), b"mine");
+    // Nor does issuing a token there make a key.
+    let o = cs(&theirs, &["token", "issue", "--client", "a"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(!theirs.join("token.key").exists());
 
     // A store's tmp/ keeps what is not a staged pack.
     let store = d.join("store");
