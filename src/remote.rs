@@ -16,6 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod http;
+use http::{http_error, idle_timeout, parse_json, read_limited, request_error};
+
 /// A hub's API endpoint and credentials.
 #[derive(Debug, Clone)]
 pub struct Remote {
@@ -38,28 +41,6 @@ impl WireCounter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
-}
-
-/// How long the hub may go silent (see [`Remote::with_roots`]): 120 s, or
-/// `$CHUNKSTORE_HUB_TIMEOUT` seconds.
-fn idle_timeout() -> Duration {
-    let secs = std::env::var("CHUNKSTORE_HUB_TIMEOUT").ok().and_then(|v| v.parse::<f64>().ok());
-    Duration::from_secs_f64(secs.filter(|s| *s > 0.0 && s.is_finite()).unwrap_or(120.0))
-}
-/// The most a JSON answer (a layer or client list, a record) may hold.
-const MAX_JSON: u64 = 64 << 20;
-/// The most an error answer's body is read for its message.
-const MAX_ERROR_BODY: u64 = 64 << 10;
-
-/// Read a whole response body of at most `limit` bytes: a hub cannot make
-/// the edge hold more than that.
-fn read_limited(what: &str, resp: reqwest::blocking::Response, limit: u64) -> Result<Vec<u8>> {
-    let mut b = Vec::new();
-    resp.take(limit + 1).read_to_end(&mut b).map_err(|e| Error::io(format!("{what}: reading the response"), e))?;
-    if b.len() as u64 > limit {
-        return Err(Error::invalid(format!("{what}: the hub's answer is over the {limit}-byte limit")));
-    }
-    Ok(b)
 }
 
 fn transient(e: &Error) -> bool {
@@ -155,24 +136,38 @@ impl Remote {
         v.iter()
             .map(|l| {
                 let id = l["id"].as_str().ok_or_else(|| Error::invalid("listing layers: no id"))?;
-                Ok(LayerInfo { id: LayerId::parse(id)?, ..placeholder_info() })
+                let blob = l["blob"].as_str().map(crate::ids::BlobDigest::parse).transpose()?;
+                Ok(LayerInfo { id: LayerId::parse(id)?, blob, ..placeholder_info() })
             })
             .collect()
     }
 
-    /// Find a layer on the hub by digest or unique prefix.
+    /// Find a layer on the hub by digest or unique prefix: of its diff_id,
+    /// or of the compressed blob it arrived as (what an image manifest names).
+    /// A full digest is taken as a diff_id without asking the hub (see
+    /// [`Remote::layer_of_blob`]).
     pub fn resolve_layer(&self, s: &str) -> Result<LayerId> {
         if let Ok(id) = LayerId::parse(s) {
             return Ok(id);
         }
         let want = s.strip_prefix("sha256:").unwrap_or(s).to_ascii_lowercase();
-        let found: Vec<LayerId> =
-            self.layers()?.into_iter().map(|l| l.id).filter(|id| id.to_hex().starts_with(&want)).collect();
+        let found: Vec<LayerId> = self
+            .layers()?
+            .into_iter()
+            .filter(|l| l.id.to_hex().starts_with(&want) || l.blob.is_some_and(|b| b.to_hex().starts_with(&want)))
+            .map(|l| l.id)
+            .collect();
         match found[..] {
             [one] => Ok(one),
             [] => Err(Error::not_found(format!("the hub has no layer matching {s:?}"))),
             _ => Err(Error::new(ErrorKind::Ambiguous, format!("{s:?} matches {} layers on the hub", found.len()))),
         }
+    }
+
+    /// The layer the hub recorded as arriving in the compressed blob `digest`.
+    pub fn layer_of_blob(&self, digest: &str) -> Result<Option<LayerId>> {
+        let want = crate::ids::BlobDigest::parse(digest)?;
+        Ok(self.layers()?.into_iter().find(|l| l.blob == Some(want)).map(|l| l.id))
     }
 
     /// A layer's recipe bundle.
@@ -294,60 +289,6 @@ fn placeholder_info() -> LayerInfo {
         chunks: 0,
         ingested_at: 0,
     }
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(what: &str, r: reqwest::blocking::Response) -> Result<T> {
-    let b = read_limited(what, r, MAX_JSON)?;
-    serde_json::from_slice(&b).map_err(|e| Error::invalid(format!("{what}: the hub's answer: {e}")))
-}
-
-/// A request that got no response. A TLS failure (an untrusted certificate,
-/// say) is not worth retrying and says how to fix it; anything else may pass.
-fn request_error(what: &str, e: reqwest::Error) -> Error {
-    if let Some(tls) = find_tls_error(&e) {
-        return Error::new(
-            ErrorKind::Config,
-            format!(
-                "{what}: TLS with the hub failed: {tls} \
-                 (for a certificate a private CA signed, pass the CA with --ca-cert; \
-                 for a self-signed one, pass that certificate)"
-            ),
-        );
-    }
-    Error::io(format!("{what}: cannot reach the hub"), std::io::Error::other(e))
-}
-
-/// The rustls error somewhere in `e`'s chain. An io::Error's `source()`
-/// skips the error it wraps (and hyper wraps io::Errors in io::Errors), so
-/// each one is looked into as well.
-fn find_tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    if let Some(t) = e.downcast_ref::<rustls::Error>() {
-        return Some(t);
-    }
-    let wrapped = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
-    if let Some(t) = wrapped.and_then(|w| find_tls_error(w)) {
-        return Some(t);
-    }
-    e.source().and_then(find_tls_error)
-}
-
-fn http_error(what: &str, resp: reqwest::blocking::Response) -> Error {
-    let status = resp.status();
-    let msg = read_limited(what, resp, MAX_ERROR_BODY)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| status.to_string());
-    let kind = match status.as_u16() {
-        401 | 403 => ErrorKind::Denied,
-        404 => ErrorKind::NotFound,
-        409 => ErrorKind::Config,
-        422 => ErrorKind::Corrupt,
-        503 => ErrorKind::Busy,
-        400..=499 => ErrorKind::InvalidInput,
-        _ => ErrorKind::Io,
-    };
-    Error::new(kind, format!("{what}: hub answered {}: {msg}", status.as_u16()))
 }
 
 /// A pull checks its layer while the chunks arrive, holding their raw bytes

@@ -12,6 +12,7 @@ mod delta;
 mod golden;
 mod layers;
 pub(crate) mod net;
+mod net_blob;
 mod net_clients;
 mod net_hostile;
 mod net_resume;

@@ -4,7 +4,7 @@ use crate::hub::HubArgs;
 use crate::output::outln;
 use crate::{output, Ctx, Outcome};
 use anyhow::Result;
-use chunkstore::{ClientId, TransferOptions, Via};
+use chunkstore::{ClientId, ErrorKind, TransferOptions, Via};
 
 /// Pull a layer from a hub into this (edge) store
 #[derive(clap::Args)]
@@ -37,7 +37,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     let store = ctx.open()?;
     let hub = args.hub.connect()?;
     let client = args.client;
-    let layer = hub.resolve_layer(&args.layer)?;
+    let mut layer = hub.resolve_layer(&args.layer)?;
     let via = if args.via == "chunks" { Via::Chunks } else { Via::Dedup };
     let mut opts = TransferOptions { concurrency: args.concurrency, batch: args.batch, via, ..Default::default() };
     if let Some(n) = args.store_group_bytes {
@@ -50,7 +50,15 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     opts.progress = Some(counter.clone());
     let short = &layer.to_hex()[..12];
     let progress = crate::progress::Progress::start(&format!("pulling {short}, received"), None, counter);
-    let s = store.pull(&hub, &client, &layer, &opts);
+    let mut s = store.pull(&hub, &client, &layer, &opts);
+    if s.as_ref().is_err_and(|e| e.kind() == ErrorKind::NotFound) {
+        // No layer by that diff_id: perhaps it names a compressed blob (what
+        // an image manifest lists). Asked only now: listing costs.
+        if let Some(id) = hub.layer_of_blob(&args.layer).ok().flatten() {
+            layer = id;
+            s = store.pull(&hub, &client, &layer, &opts);
+        }
+    }
     progress.finish();
     let s = s?;
     if let Some(e) = &s.ack_error {
