@@ -81,6 +81,23 @@ fn partial_bytes(edge: &Path) -> u64 {
     d.map(|f| f.unwrap().metadata().unwrap().len()).sum()
 }
 
+/// Start a dedup pull in the background; return once it has kept `bytes`
+/// of the tarball in `edge/partial/` (the hub must stream slowly).
+fn dedup_pull_until_kept(edge: &Path, hub: &Hub, client: &str, tok: &str, layer: &str, bytes: u64) -> Guard {
+    let url = hub.url();
+    let args = ["--json", "pull", "--hub", &url, "--client", client, "--token", tok, layer];
+    let mut p = Guard(Some(command(edge, &args, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()));
+    let started = Instant::now();
+    while partial_bytes(edge) < bytes {
+        if let Some(s) = p.try_wait() {
+            panic!("the pull ended ({s}) before it had kept {bytes} bytes");
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no {bytes} bytes kept after 60 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    p
+}
+
 /// Issue 5: a dedup pull (the default) killed midway keeps the part of the
 /// tarball it received; run again, the hub regenerates the tarball, proves
 /// the part it leaves out is that part, and sends only the rest. Kept bytes
@@ -102,17 +119,7 @@ fn killed_dedup_pull_resumes() {
     let tr = token(&hub_store, "edge-r", "pull", "1h");
     let full = pull(&d.join("ref"), &hub, "edge-r", &tr, &l.id, &[])["wire_bytes"].as_u64().unwrap();
 
-    let url = hub.url();
-    let args = ["--json", "pull", "--hub", &url, "--client", "edge-d", "--token", &t, &l.id];
-    let mut p = Guard(Some(command(&edge, &args, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()));
-    let started = Instant::now();
-    while partial_bytes(&edge) < 2 << 20 {
-        if let Some(s) = p.try_wait() {
-            panic!("the pull ended ({s}) before it had received 2 MiB");
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "no 2 MiB kept after 60 s");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut p = dedup_pull_until_kept(&edge, &hub, "edge-d", &t, &l.id, 2 << 20);
     p.kill();
     assert!(layer_ids(&edge).is_empty(), "a killed pull recorded the layer");
     let kept = partial_bytes(&edge);
@@ -151,17 +158,7 @@ fn hub_killed_mid_dedup_stream() {
     let slow = [("CHUNKSTORE_TEST_STREAM_DELAY_MS", "40")];
     let mut hub = Hub::start(&hub_store, &[], &slow);
     let t = token(&hub_store, "edge-h", "pull", "1h");
-    let url = hub.url();
-    let args = ["--json", "pull", "--hub", &url, "--client", "edge-h", "--token", &t, &l.id];
-    let mut p = Guard(Some(command(&edge, &args, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()));
-    let started = Instant::now();
-    while partial_bytes(&edge) < 1 << 20 {
-        if let Some(s) = p.try_wait() {
-            panic!("the pull ended ({s}) before it had received 1 MiB");
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "no 1 MiB kept after 60 s");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let p = dedup_pull_until_kept(&edge, &hub, "edge-h", &t, &l.id, 1 << 20);
     hub.kill();
     let o = p.wait_output(Duration::from_secs(120));
     let err = text(&o.stderr);
