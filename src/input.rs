@@ -48,6 +48,17 @@ impl Compression {
             _ => return Err(Error::corrupt(format!("unknown compression code {c}"))),
         })
     }
+
+    /// The inverse of `Display`.
+    #[cfg(feature = "client")]
+    pub(crate) fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "none" => Some(Compression::None),
+            "gzip" => Some(Compression::Gzip),
+            "zstd" => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
 }
 
 /// Counts bytes read, for progress and for error offsets in compressed input.

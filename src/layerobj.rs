@@ -192,6 +192,43 @@ impl Store {
         r
     }
 
+    /// Record that the compressed blob `blob` holds layer `id`, which this
+    /// store has: what a hub told an edge that pulled the layer, so that the
+    /// digest an image manifest names finds it here too. The layer's record
+    /// takes `blob` and `compression` unless it names a blob already. Returns
+    /// false when `blob` named `id` already; a blob naming another layer is
+    /// refused (a blob decompresses to one tar only).
+    #[cfg(feature = "client")]
+    pub(crate) fn name_blob(&self, id: &LayerId, blob: BlobDigest, compression: crate::Compression) -> Result<bool> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_writable()?;
+        let tx = self.db.begin_write()?;
+        let key = &id.as_bytes()[..];
+        {
+            let mut blobs = tx.open_table(BLOBS)?;
+            if let Some(v) = blobs.get(&blob.as_bytes()[..])? {
+                if v.value() == key {
+                    return Ok(false);
+                }
+                let other = LayerId::from_bytes(v.value().try_into().map_err(|_| Error::corrupt("bad blob record"))?);
+                return Err(Error::invalid(format!("blob {blob} names layer {other} here, not {id}")));
+            }
+            blobs.insert(&blob.as_bytes()[..], key)?;
+            let mut layers = tx.open_table(LAYERS)?;
+            let info = layers.get(key)?.map(|v| LayerInfo::decode(v.value())).transpose()?;
+            let mut info = info.ok_or_else(|| Error::not_found(format!("layer {id} is not in the store")))?;
+            if info.blob.is_none() {
+                info.blob = Some(blob);
+                info.compression = compression;
+                layers.insert(key, &info.encode()[..])?;
+            }
+        }
+        let object = self.layer_object_in(&tx, id)?;
+        self.publish_layer(&object, true, &[])?;
+        tx.commit().inspect_err(|_| self.unsettled.keep())?;
+        Ok(true)
+    }
+
     /// Layer `id`'s object as the committed index would write it.
     pub(crate) fn layer_object_from_index(&self, id: &LayerId) -> Result<LayerObject> {
         let tx = self.db.begin_read()?;
@@ -244,5 +281,36 @@ mod tests {
         let mut d = b.clone();
         d[40] ^= 1;
         assert!(LayerObject::decode(&d, &id).is_err());
+    }
+
+    #[cfg(feature = "client")]
+    #[test]
+    fn naming_a_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let opts = crate::IngestOptions::default();
+        let a = store.ingest(&crate::testutil::tar_of(&[("a", b"one")])[..], &opts).unwrap().layer.id;
+        let b = store.ingest(&crate::testutil::tar_of(&[("b", b"two")])[..], &opts).unwrap().layer.id;
+        let blob = BlobDigest::from_bytes([7; 32]);
+        assert!(store.name_blob(&a, blob, Compression::Gzip).unwrap());
+        assert!(!store.name_blob(&a, blob, Compression::Gzip).unwrap(), "named already");
+        let info = store.layer(&a).unwrap().unwrap();
+        assert_eq!((info.blob, info.compression), (Some(blob), Compression::Gzip));
+        assert_eq!(store.resolve_layer(&blob.to_string()).unwrap(), a);
+        // One blob decompresses to one tar: it cannot name another layer.
+        let e = store.name_blob(&b, blob, Compression::Gzip).unwrap_err();
+        assert!(e.to_string().contains("names layer"), "{e}");
+        // A second blob is recorded for lookups; the record keeps the first.
+        let other = BlobDigest::from_bytes([8; 32]);
+        assert!(store.name_blob(&a, other, Compression::Zstd).unwrap());
+        assert_eq!(store.layer(&a).unwrap().unwrap().blob, Some(blob));
+        assert_eq!(store.resolve_layer(&other.to_string()).unwrap(), a);
+        assert_eq!(store.layer_object_from_index(&a).unwrap().blobs, vec![blob, other]);
+        let missing = LayerId::from_bytes([9; 32]);
+        assert_eq!(
+            store.name_blob(&missing, BlobDigest::from_bytes([6; 32]), Compression::Gzip).unwrap_err().kind(),
+            crate::ErrorKind::NotFound
+        );
+        assert!(store.verify(crate::VerifyOptions::default()).unwrap().is_clean());
     }
 }

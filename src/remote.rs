@@ -4,9 +4,10 @@
 use crate::apply::ApplyOutcome;
 use crate::bundle_commit::Arrivals;
 use crate::error::{Error, ErrorKind, Result};
-use crate::ids::{ChunkId, ClientId, LayerId};
+use crate::ids::{BlobDigest, ChunkId, ClientId, LayerId};
 use crate::index::LayerInfo;
 use crate::ingest::{IngestOptions, IngestSummary};
+use crate::input::Compression;
 use crate::possession::ClientInfo;
 use crate::store::Store;
 use crate::transfer::{self, ChunkSink, RecipeBundle, MAX_BATCH};
@@ -172,10 +173,16 @@ impl Remote {
 
     /// A layer's recipe bundle.
     pub fn bundle(&self, layer: &LayerId, wire: &WireCounter) -> Result<RecipeBundle> {
+        self.bundle_named(layer, wire).map(|(b, _)| b)
+    }
+
+    /// A layer's recipe bundle, and the compressed blob the hub names it by.
+    fn bundle_named(&self, layer: &LayerId, wire: &WireCounter) -> Result<(RecipeBundle, Option<BlobName>)> {
         let what = format!("fetching the recipe of {layer}");
         let r = self.send(&what, || self.http.get(self.url(&format!("/layers/{layer}/bundle"))))?;
+        let named = blob_name(r.headers());
         let b = self.bytes(&what, r, wire, transfer::MAX_BUNDLE)?;
-        RecipeBundle::decode(&b)
+        Ok((RecipeBundle::decode(&b)?, named))
     }
 
     /// Fetch and verify a batch of chunks.
@@ -275,6 +282,18 @@ impl Remote {
         })?;
         Ok(())
     }
+}
+
+/// A compressed blob that holds a layer, and its compression.
+type BlobName = (BlobDigest, Compression);
+
+/// The blob a hub's response names its layer by ([`transfer::BLOB_HEADER`]);
+/// `None` when it names none or names it in a form this build does not read.
+fn blob_name(h: &reqwest::header::HeaderMap) -> Option<BlobName> {
+    let get = |name| h.get(name).and_then(|v| v.to_str().ok());
+    let blob = BlobDigest::parse(get(transfer::BLOB_HEADER)?).ok()?;
+    let compression = Compression::from_name(get(transfer::BLOB_COMPRESSION_HEADER)?)?;
+    (compression != Compression::None).then_some((blob, compression))
 }
 
 fn placeholder_info() -> LayerInfo {
@@ -566,6 +585,7 @@ impl Store {
             Some(r) => r,
             None => hub.send(&what, || hub.http.get(&url))?,
         };
+        let named = blob_name(resp.headers());
         let (kept, out) = partial.start(*resumed)?;
         let fetched = CountingRead { inner: resp, wire, progress: opts.progress.clone() };
         let reader = kept.chain(crate::partial::Tee { inner: fetched, out: Some(out) });
@@ -577,7 +597,10 @@ impl Store {
         })?;
         partial.remove();
         match outcome {
-            ApplyOutcome::Applied(s) => Ok(Some(s)),
+            ApplyOutcome::Applied(mut s) => {
+                self.record_blob_name(named, &mut s);
+                Ok(Some(s))
+            }
             ApplyOutcome::Missing { .. } => Ok(None),
         }
     }
@@ -592,7 +615,7 @@ impl Store {
         wire: &WireCounter,
     ) -> Result<(u64, IngestSummary)> {
         let t0 = Instant::now();
-        let bundle = hub.bundle(layer, wire)?;
+        let (bundle, named) = hub.bundle_named(layer, wire)?;
         if bundle.layer != *layer {
             return Err(Error::invalid(format!("the hub sent the recipe of {} for {layer}", bundle.layer)));
         }
@@ -669,9 +692,26 @@ impl Store {
             Some(v) => v,
             None => self.verify_bundle(&bundle, &IngestOptions::default(), None)?,
         };
-        let summary = self.record_verified(verified)?;
+        let mut summary = self.record_verified(verified)?;
+        self.record_blob_name(named, &mut summary);
         tracing::info!(secs = t0.elapsed().as_secs_f64(), "layer rebuilt and committed");
         Ok((n, summary))
+    }
+
+    /// Record the blob the hub names a layer just pulled by (see
+    /// [`Store::name_blob`]); the layer is stored whatever happens here.
+    fn record_blob_name(&self, named: Option<BlobName>, summary: &mut IngestSummary) {
+        let Some((blob, compression)) = named else { return };
+        match self.name_blob(&summary.layer.id, blob, compression) {
+            Ok(_) if summary.layer.blob.is_none() => {
+                summary.layer.blob = Some(blob);
+                summary.layer.compression = compression;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "the layer is stored, but not under the blob digest the hub names it by")
+            }
+        }
     }
 
     /// Upload a layer this store holds to a hub: only the chunks it lacks, in

@@ -3,6 +3,7 @@
 
 use crate::error::{Error, ErrorKind};
 use crate::ids::{ClientId, LayerId};
+use crate::index::LayerInfo;
 use crate::ingest::IngestOptions;
 use crate::possession::DiffOptions;
 use crate::store::Store;
@@ -256,8 +257,19 @@ async fn get_bundle(State(app): State<Arc<App>>, h: HeaderMap, Path(layer): Path
     app.authorize(&h, Scope::Pull, None, true)?;
     let layer = layer_id(&layer)?;
     let store = app.store.clone();
-    let b = blocking(move || store.recipe_bundle(&layer).map(|b| b.encode())).await?;
-    Ok(([(header::CONTENT_TYPE, "application/vnd.chunkstore.bundle.v1")], b).into_response())
+    let (b, info) = blocking(move || Ok((store.recipe_bundle(&layer)?.encode(), store.layer(&layer)?))).await?;
+    let mut response = ([(header::CONTENT_TYPE, "application/vnd.chunkstore.bundle.v1")], b).into_response();
+    blob_headers(&mut response, info.as_ref());
+    Ok(response)
+}
+
+/// Name the compressed blob the layer is recorded under ([`transfer::BLOB_HEADER`]).
+fn blob_headers(response: &mut Response, info: Option<&LayerInfo>) {
+    let Some((blob, compression)) = info.and_then(|i| Some((i.blob?, i.compression))) else { return };
+    let h = response.headers_mut();
+    let value = |s: String| header::HeaderValue::from_str(&s).expect("digests and names are valid header values");
+    h.insert(transfer::BLOB_HEADER, value(blob.to_string()));
+    h.insert(transfer::BLOB_COMPRESSION_HEADER, value(compression.to_string()));
 }
 
 /// A request body, read only once the token has passed (an extractor would
@@ -397,11 +409,11 @@ async fn dedup_tar(
     let layer = layer_id(&layer)?;
     let store = app.store.clone();
     let c = client.clone();
-    let diff = blocking(move || {
+    let (diff, info) = blocking(move || {
         if store.client(&c).is_err() {
             store.add_client(&c)?;
         }
-        store.diff_with(&c, &layer, DiffOptions { deltas: true })
+        Ok((store.diff_with(&c, &layer, DiffOptions { deltas: true })?, store.layer(&layer)?))
     })
     .await?;
     let store = app.store.clone();
@@ -415,6 +427,7 @@ async fn dedup_tar(
         w.finish_prefix();
         store.write_dedup_tar(&diff, &mut w).map(|_| ())
     });
+    blob_headers(&mut response, info.as_ref());
     if offset > 0 {
         // The stream ended (or failed) before the offset: nothing to resume from.
         let prefix = prefix_rx.await.map_err(|_| {

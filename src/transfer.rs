@@ -18,6 +18,16 @@ use std::io::{self, Read, Write};
 #[cfg(any(feature = "client", feature = "server"))]
 pub(crate) const PREFIX_HEADER: &str = "chunkstore-prefix-blake3";
 
+/// Response headers of the recipe bundle and the dedup tarball: the digest
+/// (`sha256:…`) of the compressed blob the hub's record names the layer by,
+/// and its compression (`gzip`, `zstd`), so that an edge finds the layer by
+/// the digest an image manifest uses. Absent when the hub knows no blob.
+#[cfg(any(feature = "client", feature = "server"))]
+pub(crate) const BLOB_HEADER: &str = "chunkstore-layer-blob";
+/// See [`BLOB_HEADER`].
+#[cfg(any(feature = "client", feature = "server"))]
+pub(crate) const BLOB_COMPRESSION_HEADER: &str = "chunkstore-layer-compression";
+
 const BUNDLE_MAGIC: &[u8; 8] = b"CSBUNDL1";
 /// Most chunks one batch request may name.
 pub const MAX_BATCH: usize = 1024;

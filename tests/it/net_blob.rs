@@ -1,5 +1,6 @@
 //! Pulling a layer by the digest an image manifest names: that of the
-//! compressed blob it arrived as, whole or as a unique prefix.
+//! compressed blob it arrived as, whole or as a unique prefix. The edge
+//! records that digest too, so it finds the layer by it afterwards.
 
 use crate::common::{cs_json, sha256_hex};
 use crate::net::{assert_exact, noise_layer, run_fails, run_json, token, Hub};
@@ -27,7 +28,20 @@ fn pull_by_the_compressed_blob_digest() {
         let args = ["pull", "--hub", &url, "--client", "edge-b", "--token", &t, "--via", via, name];
         let s = run_json(&d.join(edge), &args, &[]);
         assert_eq!(s["layer"], a.id.as_str(), "{name}: {s}");
+        assert_eq!((s["ingest"]["blob"].as_str(), s["ingest"]["compression"].as_str()), (Some(&*blob), Some("gzip")));
         assert_exact(&d.join(edge), &a);
+        // The edge answers to the blob's digest, also once its index is rebuilt
+        // from its layer objects.
+        for rebuilt in [false, true] {
+            if rebuilt {
+                cs_json(&d.join(edge), &["reindex"]);
+            }
+            let ls = cs_json(&d.join(edge), &["ls"]);
+            assert_eq!(ls[0]["blob"].as_str(), Some(&*blob), "{via}, rebuilt {rebuilt}: {ls}");
+            let out = d.join(format!("{edge}.tar"));
+            cs_json(&d.join(edge), &["export", &blob[..20], "-o", out.to_str().unwrap()]);
+            assert_eq!(std::fs::read(&out).unwrap(), a.bytes, "{via}, rebuilt {rebuilt}");
+        }
     }
     // A digest the hub knows by no name.
     let none = format!("sha256:{}", "0".repeat(64));
