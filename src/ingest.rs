@@ -36,6 +36,10 @@ pub struct IngestOptions {
     pub progress: Option<Arc<AtomicU64>>,
     /// Refuse to record the layer unless its diff_id is this one.
     pub expect: Option<LayerId>,
+    /// Refuse to record the layer unless the input as given (compressed or
+    /// not) has this SHA-256: the digest a registry checks a pushed blob
+    /// against. For a plain tar it is the diff_id.
+    pub expect_blob: Option<BlobDigest>,
 }
 
 /// What an ingest did.
@@ -201,7 +205,14 @@ impl Store {
         };
         if let Some(want) = opts.expect.filter(|w| *w != walked.info.id) {
             self.unpublish_packs(&written.packs);
-            return Err(Error::corrupt(format!("rebuilt layer is {}, expected {want}", walked.info.id)));
+            return Err(Error::corrupt(format!("the layer's diff_id is {}, not the expected {want}", walked.info.id)));
+        }
+        if let Some(want) = opts.expect_blob {
+            let got = walked.info.blob.unwrap_or(BlobDigest::from_bytes(*walked.info.id.as_bytes()));
+            if got != want {
+                self.unpublish_packs(&written.packs);
+                return Err(Error::invalid(format!("the input's digest is {got}, not the expected {want}")));
+            }
         }
         let mut info = walked.info;
         info.files = written.files_count;

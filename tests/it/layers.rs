@@ -498,3 +498,53 @@ fn readers_keep_working_while_an_ingest_runs() {
     assert!(out == big);
     assert_eq!(store.layers().unwrap().len(), 2);
 }
+
+/// `--digest` (the blob digest a registry checks a pushed blob against) and
+/// `--diff-id`: the layer is recorded only if the input has them, and a
+/// mismatch leaves the store as it was.
+#[test]
+fn ingest_checks_the_digests_it_is_given() {
+    let dir = tmp();
+    let d = dir.path();
+    let store = d.join("store");
+    let tar = small_tar(41);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    let gz = gz.finish().unwrap();
+    let (tar_path, gz_path) = (d.join("l.tar"), d.join("l.tar.gz"));
+    std::fs::write(&tar_path, &tar).unwrap();
+    std::fs::write(&gz_path, &gz).unwrap();
+    let (blob, id) = (format!("sha256:{}", sha256_hex(&gz)), diff_id(&tar));
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let run = |args: &[&str]| {
+        let mut a = vec!["ingest"];
+        a.extend_from_slice(args);
+        cs(&store, &a)
+    };
+    cs_ok(&store, &["ls"]);
+    for args in [
+        vec!["--digest", &wrong, gz_path.to_str().unwrap()],
+        vec!["--digest", &id, gz_path.to_str().unwrap()],
+        vec!["--diff-id", &blob, gz_path.to_str().unwrap()],
+        vec!["--diff-id", &wrong, tar_path.to_str().unwrap()],
+    ] {
+        let o = run(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("not the expected"), "{args:?}: {err}");
+        assert!(layer_ids(&store).is_empty(), "{args:?} recorded a layer");
+        assert_eq!(count_files(&store.join("packs")), 0, "{args:?} left a pack");
+    }
+    assert_verify_clean(&store);
+    // Right digests: compressed input by its blob digest and its diff_id, a
+    // plain tar by its diff_id as either.
+    let v = cs_json(&store, &["ingest", "--digest", &blob, "--diff-id", &id, gz_path.to_str().unwrap()]);
+    assert_eq!((v[0]["id"].as_str(), v[0]["blob"].as_str()), (Some(id.as_str()), Some(blob.as_str())), "{v}");
+    let v = cs_json(&store, &["ingest", "--digest", &id, tar_path.to_str().unwrap()]);
+    assert_eq!(v[0]["already_present"], true, "{v}");
+    // They name one input.
+    let o = run(&["--digest", &blob, gz_path.to_str().unwrap(), tar_path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let o = run(&["--digest", "sha256:abc", gz_path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+}

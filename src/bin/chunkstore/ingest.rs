@@ -15,6 +15,14 @@ pub struct Args {
     /// Layer files; `-` reads standard input
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
+    /// Record the layer only if the input as given (compressed or not) has this SHA-256:
+    /// the digest an image manifest names its blob by. One FILE only
+    #[arg(long, value_name = "DIGEST", value_parser = |s: &str| chunkstore::BlobDigest::parse(s).map_err(|e| e.to_string()))]
+    digest: Option<chunkstore::BlobDigest>,
+    /// Record the layer only if its uncompressed tar has this SHA-256 (the diff_id an image
+    /// config lists). One FILE only
+    #[arg(long, value_name = "DIGEST", value_parser = |s: &str| chunkstore::LayerId::parse(s).map_err(|e| e.to_string()))]
+    diff_id: Option<chunkstore::LayerId>,
 }
 
 /// One input's result, named, for `--json`.
@@ -26,6 +34,14 @@ struct Ingested {
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
+    if args.files.len() > 1 && (args.digest.is_some() || args.diff_id.is_some()) {
+        use clap::CommandFactory;
+        let mut cli = crate::Cli::command();
+        cli.build();
+        let ingest = cli.find_subcommand_mut("ingest").expect("ingest is a verb");
+        let msg = "--digest and --diff-id name one input: give one FILE";
+        ingest.error(clap::error::ErrorKind::ArgumentConflict, msg).exit();
+    }
     let store = ctx.open()?;
     let mut summaries = Vec::new();
     // Per-file failures; with `--json` they go into the one document printed at the end.
@@ -58,7 +74,8 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
         };
         let counter = Arc::new(AtomicU64::new(0));
         let progress = crate::progress::Progress::start(&name, total, counter.clone());
-        let result = store.ingest(reader, &IngestOptions { progress: Some(counter), ..Default::default() });
+        let opts = IngestOptions { progress: Some(counter), expect: args.diff_id, expect_blob: args.digest };
+        let result = store.ingest(reader, &opts);
         progress.finish();
         match result.with_context(|| format!("{name}: not ingested")) {
             Ok(s) => {

@@ -29,7 +29,7 @@ use std::sync::Arc;
 /// Content-addressed chunk store and dedup engine for container image layers.
 #[derive(Parser)]
 #[command(name = "chunkstore", version, about)]
-struct Cli {
+pub(crate) struct Cli {
     /// Store: a directory, file://DIR, or s3://BUCKET/PREFIX?endpoint=URL (credentials from the
     /// AWS_* environment variables) [default: $CHUNKSTORE_DIR, else the per-user data directory]
     #[arg(long, global = true, env = "CHUNKSTORE_DIR", value_name = "DIR|URL")]
