@@ -217,6 +217,10 @@ pub struct StoreStats {
     pub files: u64,
     /// Pack files.
     pub packs: u64,
+    /// Size of the index file (`chunkstore.redb`, in the cache directory for
+    /// an object-store store): row data, B-tree pages and free pages redb
+    /// keeps for reuse.
+    pub index_bytes: u64,
     /// The chunker sizes this store was created with.
     pub chunker: ChunkerParams,
 }
@@ -629,6 +633,7 @@ impl Store {
             chunk_bytes,
             files: tx.open_table(FILES)?.len()?,
             packs: packs.len()?,
+            index_bytes: std::fs::metadata(self.dir.join(INDEX_FILE)).map_or(0, |m| m.len()),
             chunker: self.params,
         })
     }

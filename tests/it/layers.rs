@@ -175,6 +175,8 @@ fn layers_sharing_files_store_them_once() {
     assert_eq!(stats["files"], 7, "{stats}");
     assert_eq!(stats["logical_bytes"], (a.len() + b.len()) as u64);
     assert!(stats["dedup_ratio"].as_f64().unwrap() > 1.7, "{stats}");
+    let index = std::fs::metadata(store.join("chunkstore.redb")).unwrap().len();
+    assert_eq!(stats["index_bytes"], index, "{stats}");
 }
 
 #[test]

@@ -20,6 +20,7 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Outcome> {
     outln!("logical bytes  {} ({})", s.logical_bytes, output::bytes(s.logical_bytes))?;
     outln!("stored bytes   {} ({}) in {} packs", s.stored_bytes, output::bytes(s.stored_bytes), s.packs)?;
     outln!("recipe bytes   {} ({})", s.recipe_bytes, output::bytes(s.recipe_bytes))?;
+    outln!("index bytes    {} ({})", s.index_bytes, output::bytes(s.index_bytes))?;
     outln!("dedup ratio    {:.2}x", s.dedup_ratio)?;
     outln!("chunks         {} ({} raw)", s.chunks, output::bytes(s.chunk_bytes))?;
     outln!("files          {}", s.files)?;
