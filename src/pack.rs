@@ -21,6 +21,15 @@ pub(crate) const ENTRY_HEADER_LEN: u64 = 40;
 pub(crate) const TRAILER_LEN: u64 = 24;
 /// Largest raw chunk a pack entry may declare; bounds decompression buffers.
 pub(crate) const MAX_CHUNK: u32 = 16 << 20;
+/// What a multipart pack upload first puts under the pack's name, to claim
+/// it (`CLAIM_MAGIC` and 16 random bytes), before the parts replace it.
+pub(crate) const CLAIM_MAGIC: &[u8; 8] = b"CSCLAIM1";
+pub(crate) const CLAIM_LEN: usize = 24;
+
+/// Whether `b` is an upload's claim marker, not a pack.
+pub(crate) fn is_upload_claim(b: &[u8]) -> bool {
+    b.len() == CLAIM_LEN && b.starts_with(CLAIM_MAGIC)
+}
 
 /// Where a chunk lives: the index's value for a ChunkId.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -579,7 +579,7 @@ impl Backend for S3Backend {
         } else {
             // Multipart uploads cannot be create-only: claim the name first
             // with a create-only put of a small marker, then replace it.
-            let mut claim = b"CSCLAIM1".to_vec();
+            let mut claim = crate::pack::CLAIM_MAGIC.to_vec();
             let mut token = [0u8; 16];
             getrandom::getrandom(&mut token)
                 .map_err(|e| Error::new(ErrorKind::Io, format!("drawing a random claim token: {e}")))?;

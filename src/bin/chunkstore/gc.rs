@@ -36,6 +36,9 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
             s.kept_young.len(),
             s.kept_needed.len()
         )?;
+        for why in &s.kept_unreadable {
+            outln!("kept, not a readable pack: {why}")?;
+        }
     }
     Ok(Outcome::Ok)
 }
