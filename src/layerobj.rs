@@ -162,6 +162,24 @@ where
     Ok(LayerObject { chunker, info, info_bytes, blobs: bl, recipe, files: fs })
 }
 
+impl LayerObject {
+    /// Whether `other` describes the same layer: the same chunker, tar,
+    /// recipe and file recipes. What each writer of a shared bucket records
+    /// in its own way may differ: file numbers (dense per index), when the
+    /// layer was first ingested, the compressed blobs that writer met.
+    pub(crate) fn same_layer(&self, other: &LayerObject) -> bool {
+        let info = |i: &LayerInfo| (i.id, i.tar_size, i.entries, i.files, i.file_bytes, i.chunks);
+        // A FILES value is the file's number, then its recipe.
+        fn recipes(o: &LayerObject) -> impl Iterator<Item = (&FileId, &[u8])> {
+            o.files.iter().map(|(f, v)| (f, v.get(4..).unwrap_or_default()))
+        }
+        self.chunker == other.chunker
+            && info(&self.info) == info(&other.info)
+            && self.recipe == other.recipe
+            && recipes(self).eq(recipes(other))
+    }
+}
+
 impl Store {
     /// Write a layer's object, as the write transaction about to commit it
     /// holds it: called by every commit that records a layer, after its
@@ -312,5 +330,39 @@ mod tests {
             crate::ErrorKind::NotFound
         );
         assert!(store.verify(crate::VerifyOptions::default()).unwrap().is_clean());
+    }
+
+    /// verify compares what a layer object says about the layer, not what
+    /// each writer of a shared bucket numbers or dates its own way.
+    #[test]
+    fn verify_compares_what_layer_objects_say() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tar = crate::testutil::tar_of(&[("a", b"one"), ("b", &crate::testutil::noise(100_000, 3))]);
+        let id = store.ingest(&tar[..], &crate::IngestOptions::default()).unwrap().layer.id;
+        let want = store.layer_object_from_index(&id).unwrap();
+        let problems = |o: &LayerObject| {
+            store.backend.put_layer(&id, &o.encode()).unwrap();
+            let r = store.verify(crate::VerifyOptions::default()).unwrap();
+            r.damaged.iter().map(|d| d.problem.clone()).collect::<Vec<_>>()
+        };
+        // Another writer's numbers, date and blobs.
+        let mut other = want.clone();
+        other.info.ingested_at += 1000;
+        other.info_bytes = other.info.encode();
+        other.blobs = vec![BlobDigest::from_bytes([5; 32])];
+        for (n, (_, v)) in other.files.iter_mut().enumerate() {
+            v[..4].copy_from_slice(&(n as u32 + 70).to_le_bytes());
+        }
+        assert_eq!(problems(&other), Vec::<String>::new());
+        // Another recipe, or another file recipe: damage.
+        let mut bad = want.clone();
+        *bad.recipe.last_mut().unwrap() ^= 1;
+        let p = problems(&bad);
+        assert!(p.len() == 1 && p[0].contains("differs from the index"), "{p:?}");
+        let mut bad = want.clone();
+        *bad.files[0].1.last_mut().unwrap() ^= 1;
+        assert_eq!(problems(&bad).len(), 1);
+        assert_eq!(problems(&want), Vec::<String>::new());
     }
 }

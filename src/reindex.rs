@@ -13,7 +13,7 @@ use crate::layerobj::LayerObject;
 use crate::pack::{self, ChunkLoc};
 use crate::recipe::{RecipeItem, RecipeReader};
 use crate::store::Store;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -31,6 +31,9 @@ pub struct ReindexSummary {
     pub layers: u64,
     /// Objects left out, and why (an unsealed pack, a layer whose data is missing).
     pub skipped: Vec<String>,
+    /// Readable packs left out of the index because no layer needs a chunk
+    /// they hold (a crashed writer's, or an upload not yet committed).
+    pub unneeded_packs: Vec<PackId>,
     /// Whether file numbers had to be handed out anew (layer objects from
     /// more than one writer disagreed about them).
     pub renumbered_files: bool,
@@ -72,9 +75,9 @@ impl Store {
             let b = self.backend.read_whole_pack(*id)?;
             Ok((b.len() as u64, pack::scan(*id, &b)?))
         });
-        let mut chunks: HashMap<ChunkId, ChunkLoc> = HashMap::new();
-        let mut chunk_order: Vec<ChunkId> = Vec::new();
-        let mut packs: BTreeMap<PackId, PackInfo> = BTreeMap::new();
+        let mut readable: Vec<(PackId, u64, Vec<pack::ScannedEntry>)> = Vec::new();
+        // Every chunk some pack holds, and its length.
+        let mut held: HashMap<ChunkId, u32> = HashMap::new();
         for (id, r) in pack_ids.iter().zip(scanned) {
             let (len, entries) = match r {
                 Ok(x) => x,
@@ -84,16 +87,10 @@ impl Store {
                 }
                 Err(e) => return Err(e.context(format!("reading pack {id}"))),
             };
-            packs.insert(*id, PackInfo { len, chunks: entries.len() as u64 });
-            for e in entries {
-                if let std::collections::hash_map::Entry::Vacant(v) = chunks.entry(e.id) {
-                    let mut loc = e.loc;
-                    loc.num = u32::try_from(chunk_order.len())
-                        .map_err(|_| Error::new(ErrorKind::Config, "store is full: more than 2^32 chunks"))?;
-                    v.insert(loc);
-                    chunk_order.push(e.id);
-                }
+            for e in &entries {
+                held.entry(e.id).or_insert(e.loc.raw_len);
             }
+            readable.push((*id, len, entries));
         }
 
         // 2. Every layer object.
@@ -129,8 +126,8 @@ impl Store {
             for (fid, v) in &o.files {
                 let (_, r) = index::decode_file(v)?;
                 for (c, len) in &r.chunks {
-                    match chunks.get(c) {
-                        Some(loc) if loc.raw_len == *len => {}
+                    match held.get(c) {
+                        Some(l) if l == len => {}
                         _ => {
                             summary
                                 .skipped
@@ -143,7 +140,39 @@ impl Store {
             kept.push(o);
         }
 
-        // 4. Files and their numbers, as the layer objects recorded them; anew
+        // 4. The chunks of the packs that hold some chunk a kept layer needs,
+        //    numbered in (pack id, offset) order. A pack no layer needs is
+        //    left out: it is a crashed writer's, or another writer's upload
+        //    not yet committed, which `gc` may delete once it is old; an
+        //    index that named it would let an ingest reuse chunks that then
+        //    vanish.
+        let mut needed: HashSet<ChunkId> = HashSet::new();
+        for o in &kept {
+            for (_, v) in &o.files {
+                needed.extend(index::decode_file(v)?.1.chunks.into_iter().map(|(c, _)| c));
+            }
+        }
+        let mut chunks: HashMap<ChunkId, ChunkLoc> = HashMap::new();
+        let mut chunk_order: Vec<ChunkId> = Vec::new();
+        let mut packs: BTreeMap<PackId, PackInfo> = BTreeMap::new();
+        for (id, len, entries) in readable {
+            if !entries.iter().any(|e| needed.contains(&e.id)) {
+                summary.unneeded_packs.push(id);
+                continue;
+            }
+            packs.insert(id, PackInfo { len, chunks: entries.len() as u64 });
+            for e in entries {
+                if let std::collections::hash_map::Entry::Vacant(v) = chunks.entry(e.id) {
+                    let mut loc = e.loc;
+                    loc.num = u32::try_from(chunk_order.len())
+                        .map_err(|_| Error::new(ErrorKind::Config, "store is full: more than 2^32 chunks"))?;
+                    v.insert(loc);
+                    chunk_order.push(e.id);
+                }
+            }
+        }
+
+        // 5. Files and their numbers, as the layer objects recorded them; anew
         //    if they disagree.
         let mut files: HashMap<FileId, Vec<u8>> = HashMap::new();
         let mut by_num: HashMap<u32, FileId> = HashMap::new();
@@ -184,7 +213,7 @@ impl Store {
             .max()
             .unwrap_or(0);
 
-        // 5. One transaction replaces everything but the possession records.
+        // 6. One transaction replaces everything but the possession records.
         let tx = self.db.begin_write()?;
         // LAYER_SETS hold numbers the rebuild may have changed; diffs derive
         // them again from LAYER_MAPS, and holding a layer stores them anew.
@@ -350,15 +379,20 @@ mod tests {
             Store::open_with(d1.path(), StoreOptions { backend: Some(backend.clone()), ..Default::default() }).unwrap();
         let (x, y) = (noise(200_000, 7), noise(200_000, 8));
         let a = s.ingest(&tar(&[("x", x.clone())])[..], &IngestOptions::default()).unwrap().layer.id;
-        // A pack from another store lands before this store's packs: the
-        // rebuild numbers its chunks first.
+        // Another writer's committed layer, whose pack lands before this
+        // store's packs: the rebuild numbers its chunks first. And a pack no
+        // layer object needs (a crashed writer's): the rebuild leaves it out.
         let d2 = tempfile::tempdir().unwrap();
         let other = Store::open(d2.path()).unwrap();
-        other.ingest(&tar(&[("f", noise(300_000, 9))])[..], &IngestOptions::default()).unwrap();
-        let staged = d2.path().join("foreign.pack");
-        std::fs::write(&staged, &other.backend.read_whole_pack(other.backend.list_packs().unwrap()[0]).unwrap()[..])
-            .unwrap();
-        backend.put_pack(crate::ids::PackId(0), &staged).unwrap();
+        let f = other.ingest(&tar(&[("f", noise(300_000, 9))])[..], &IngestOptions::default()).unwrap().layer.id;
+        other.ingest(&tar(&[("g", noise(100_000, 11))])[..], &IngestOptions::default()).unwrap();
+        let (f_pack, g_pack) = (other.backend.list_packs().unwrap()[0], other.backend.list_packs().unwrap()[1]);
+        for (from, to) in [(f_pack, 0), (g_pack, 100)] {
+            let staged = d2.path().join("foreign.pack");
+            std::fs::write(&staged, &other.backend.read_whole_pack(from).unwrap()[..]).unwrap();
+            backend.put_pack(crate::ids::PackId(to), &staged).unwrap();
+        }
+        backend.put_layer(&f, &other.backend.get_layer(&f).unwrap()).unwrap();
         let b = s.ingest(&tar(&[("y", y.clone())])[..], &IngestOptions::default()).unwrap().layer.id;
         // y2 shares y's leading chunks: the diff credits them by chunk number.
         let y2 = [&y[..150_000], &noise(100_000, 10)[..]].concat();
@@ -368,7 +402,10 @@ mod tests {
         s.hold(&client, &[a, b]).unwrap();
         let before = s.diff(&client, &c.layer.id).unwrap().summary;
         let r = s.reindex().unwrap();
-        assert_eq!(r.layers, 3, "the foreign pack has no layer object");
+        assert_eq!(r.layers, 4, "{r:?}");
+        assert_eq!(r.unneeded_packs, vec![crate::ids::PackId(100)], "{r:?}");
+        assert!(!s.has_chunk(&crate::ChunkId::of(&noise(100_000, 11))).unwrap(), "the orphan's chunks are not indexed");
+        assert_eq!(s.layer(&f).unwrap().unwrap().id, f);
         let after = s.diff(&client, &c.layer.id).unwrap().summary;
         assert_eq!(
             (after.held_files, after.partial_held_bytes, after.missing_bytes),

@@ -65,7 +65,7 @@ impl Store {
             Err(_) => return None, // the index's own damage is reported above
         };
         match self.backend.get_layer(id).and_then(|b| crate::layerobj::LayerObject::decode(&b, id)) {
-            Ok(got) if got == want => None,
+            Ok(got) if got.same_layer(&want) => None,
             Ok(_) => Some("its layer object in the backend differs from the index".into()),
             Err(e) => Some(format!("layer object: {e}")),
         }

@@ -43,6 +43,14 @@ pub fn run(ctx: &Ctx, _args: Args) -> Result<Outcome> {
     if s.renumbered_files {
         outln!("file numbers were handed out anew: layer objects from more than one writer disagreed")?;
     }
+    if !s.unneeded_packs.is_empty() {
+        let ids: Vec<String> = s.unneeded_packs.iter().map(|p| p.to_string()).collect();
+        outln!(
+            "left out {} pack(s) no layer needs (a crashed or unfinished upload; `gc` deletes them once old): {}",
+            ids.len(),
+            ids.join(" ")
+        )?;
+    }
     for w in &s.skipped {
         outln!("skipped: {w}")?;
     }
