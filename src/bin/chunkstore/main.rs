@@ -143,18 +143,37 @@ pub enum Outcome {
     Failed(u8),
 }
 
+/// The last panic raised inside redb: its message, and message and place.
+static REDB_PANIC: std::sync::Mutex<Option<(String, String)>> = std::sync::Mutex::new(None);
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a failed assertion".into())
+}
+
 fn main() -> ExitCode {
-    // The library turns redb's assertions on a damaged index into errors;
-    // say so in one line instead of a panic report (other panics as usual).
+    // redb asserts instead of returning errors on some damage to the index
+    // file. The library turns that into an error where it opens the index;
+    // elsewhere the panic reaches `main`, which reports a damaged index. So
+    // such a panic is only remembered here (reported as usual with
+    // RUST_BACKTRACE set), other panics as usual.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let at = info.location().filter(|l| l.file().contains("/redb-"));
-        if let (Some(at), None) = (at, std::env::var_os("RUST_BACKTRACE")) {
-            let why = info.payload().downcast_ref::<&str>().copied().unwrap_or("a failed assertion");
-            eprintln!("chunkstore: redb: {why} (at {at})");
-        } else {
-            default_hook(info);
+        if let Some(at) = at {
+            let why = panic_text(info.payload());
+            // The path from the crate's directory on: the rest is the builder's.
+            let file = at.file().find("redb-").map_or(at.file(), |i| &at.file()[i..]);
+            let place = format!("{why} (at {file}:{}:{})", at.line(), at.column());
+            *REDB_PANIC.lock().unwrap_or_else(|p| p.into_inner()) = Some((why, place));
+            if std::env::var_os("RUST_BACKTRACE").is_none() {
+                return;
+            }
         }
+        default_hook(info);
     }));
     let cli = Cli::parse();
     if std::env::var_os("RUST_LOG").is_some() {
@@ -172,7 +191,7 @@ fn main() -> ExitCode {
         }
     };
     let ctx = Ctx { store_dir, s3_url, read_only: cli.read_only, json: cli.json, data_on_stdout: Default::default() };
-    let result = match cli.verb {
+    let verb = std::panic::AssertUnwindSafe(|| match cli.verb {
         Verb::Ingest(a) => ingest::run(&ctx, a),
         Verb::Export(a) => export::run(&ctx, a),
         Verb::Ls(a) => ls::run(&ctx, a),
@@ -188,6 +207,23 @@ fn main() -> ExitCode {
         Verb::Push(a) => push::run(&ctx, a),
         Verb::Reindex(a) => reindex::run(&ctx, a),
         Verb::Gc(a) => gc::run(&ctx, a),
+    });
+    let result = match std::panic::catch_unwind(verb) {
+        Ok(r) => r,
+        Err(payload) => {
+            let seen = REDB_PANIC.lock().unwrap_or_else(|p| p.into_inner()).take();
+            match seen {
+                Some((why, what)) if why == panic_text(&*payload) => Err(anyhow::Error::new(chunkstore::Error::new(
+                    chunkstore::ErrorKind::Corrupt,
+                    format!(
+                        "index {} is damaged (redb: {what}): `chunkstore reindex` sets it aside and rebuilds it \
+                         from the packs and layer objects",
+                        ctx.store_dir.join("chunkstore.redb").display()
+                    ),
+                ))),
+                _ => std::panic::resume_unwind(payload),
+            }
+        }
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
