@@ -55,6 +55,12 @@ pub struct S3Options {
     pub attempts: u32,
     /// First backoff between attempts; doubles each time.
     pub backoff: Duration,
+    /// No new attempt once this long has passed since an operation's first:
+    /// a server that hangs fails the operation in minutes, not hours.
+    pub give_up_after: Duration,
+    /// Longest one HTTP request may take, body included (a part of a
+    /// multipart upload is `part_size`; a ranged read `block_size`).
+    pub request_timeout: Duration,
     /// Refuse every write and delete.
     pub read_only: bool,
 }
@@ -71,6 +77,8 @@ impl Default for S3Options {
             background_uploads: 2,
             attempts: 4,
             backoff: Duration::from_millis(200),
+            give_up_after: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(60),
             read_only: false,
         }
     }
@@ -216,7 +224,8 @@ impl S3Backend {
     /// `readahead`, `multipart_mb`, `virtual_hosted` (`true`/`false`),
     /// `read_only` (`true`/`false`), `ca_cert` (a PEM file of CA certificates
     /// an `https` endpoint's certificate may chain to, beside the system's;
-    /// default `$CHUNKSTORE_CA_CERT`). The bucket must exist.
+    /// default `$CHUNKSTORE_CA_CERT`), `timeout_s` (longest one request may
+    /// take, default 60). The bucket must exist.
     pub fn open(url: &str, mut opts: S3Options) -> Result<Self> {
         use object_store::aws::AmazonS3Builder;
         // An https endpoint goes through reqwest's rustls, which needs a
@@ -248,6 +257,7 @@ impl S3Backend {
                 "virtual_hosted" => b = b.with_virtual_hosted_style_request(flag(k, v)?),
                 "read_only" => opts.read_only = flag(k, v)?,
                 "ca_cert" => ca_cert = Some(PathBuf::from(v)),
+                "timeout_s" => opts.request_timeout = Duration::from_secs(num(k, v)?.max(1)),
                 _ => return Err(Error::invalid(format!("unknown s3 URL parameter {k:?}"))),
             }
         }
@@ -255,7 +265,7 @@ impl S3Backend {
             b = b.with_endpoint(ep.trim_end_matches('/')).with_allow_http(ep.starts_with("http://"));
             if ep.starts_with("http://") {
                 // No TLS: skip loading the system's root certificates (~0.1 s a process).
-                b = b.with_http_connector(PlainHttp);
+                b = b.with_http_connector(PlainHttp { timeout: opts.request_timeout });
             } else if let Some(path) = &ca_cert {
                 // A private CA (an on-site Ceph or MinIO): trusted beside the system's roots.
                 let pem =
@@ -264,10 +274,13 @@ impl S3Backend {
                     .ok()
                     .filter(|c| !c.is_empty())
                     .ok_or_else(|| Error::invalid(format!("{} holds no PEM certificate", path.display())))?;
-                let client =
-                    certs.into_iter().fold(object_store::ClientOptions::new(), |o, c| o.with_root_certificate(c));
+                let client = certs.into_iter().fold(client_options(&opts), |o, c| o.with_root_certificate(c));
                 b = b.with_client_options(client);
+            } else {
+                b = b.with_client_options(client_options(&opts));
             }
+        } else {
+            b = b.with_client_options(client_options(&opts));
         }
         let has_region = std::env::var_os("AWS_REGION").is_some() || std::env::var_os("AWS_DEFAULT_REGION").is_some();
         match region {
@@ -350,6 +363,11 @@ impl S3Backend {
         rx.recv().expect("the object-store runtime dropped a task")
     }
 
+    /// Attempts, first backoff and time limit of [`with_retries`].
+    fn retry_policy(&self) -> (u32, Duration, Duration) {
+        (self.opts.attempts, self.opts.backoff, self.opts.give_up_after)
+    }
+
     /// Run `op` until it succeeds, fails permanently, or runs out of attempts.
     fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
     where
@@ -357,7 +375,7 @@ impl S3Backend {
         F: Fn(u32) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<T, object_store::Error>> + Send + 'static,
     {
-        let fut = with_retries(self.opts.attempts, self.opts.backoff, self.stats.clone(), op);
+        let fut = with_retries(self.retry_policy(), self.stats.clone(), op);
         self.block(fut).map_err(|e| convert(e, &format!("{what} ({})", self.display)))
     }
 
@@ -441,8 +459,12 @@ impl S3Backend {
             let Lookup::Fetch(slot) = self.cache.lookup_or_claim(id, k) else { continue };
             let (store, key, stats, cache) =
                 (self.store.clone(), self.pack_key(id), self.stats.clone(), self.cache.clone());
+            let policy = self.retry_policy();
             self.rt.spawn(async move {
-                let r = fetch_range(store, key, stats, k * bs..(k + 1) * bs).await;
+                // Retried as a read the caller makes itself would be: a
+                // reader waits on this block.
+                let op = |_| fetch_range(store.clone(), key.clone(), stats.clone(), k * bs..(k + 1) * bs);
+                let r = with_retries(policy, stats.clone(), op).await;
                 cache.complete(id, k, &slot, r.map(|(b, _)| b).map_err(|e| e.to_string()));
             });
         }
@@ -498,11 +520,15 @@ impl S3Backend {
     }
 }
 
-/// Run `op` until it succeeds, fails permanently, or runs out of attempts,
-/// doubling the pause between attempts.
+/// How the client underneath sends requests: with the request timeout.
+fn client_options(opts: &S3Options) -> object_store::ClientOptions {
+    object_store::ClientOptions::new().with_timeout(opts.request_timeout)
+}
+
+/// Run `op` until it succeeds, fails permanently, or runs out of attempts
+/// or time (`give_up`), doubling the pause between attempts.
 async fn with_retries<T, F, Fut>(
-    attempts: u32,
-    backoff: Duration,
+    (attempts, backoff, give_up): (u32, Duration, Duration),
     stats: Arc<S3Stats>,
     op: F,
 ) -> std::result::Result<T, object_store::Error>
@@ -513,10 +539,11 @@ where
     let attempts = attempts.max(1);
     let mut delay = backoff;
     let mut attempt = 0;
+    let started = std::time::Instant::now();
     loop {
         match op(attempt).await {
             Ok(v) => return Ok(v),
-            Err(e) if attempt + 1 < attempts && transient(&e) => {
+            Err(e) if attempt + 1 < attempts && transient(&e) && started.elapsed() + delay < give_up => {
                 stats.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("object store: {e}; retrying in {delay:?}");
                 tokio::time::sleep(delay).await;
@@ -595,11 +622,11 @@ impl Backend for S3Backend {
             }
             let (store, stats) = (self.store.clone(), self.stats.clone());
             let (part, conc) = (self.opts.part_size.max(5 << 20), self.opts.part_concurrency.max(1));
-            let (attempts, backoff, len) = (self.opts.attempts, self.opts.backoff, data.len());
+            let (policy, len) = (self.retry_policy(), data.len());
             let display = self.display.clone();
             let task = self.rt.spawn(async move {
                 let op = |_| upload_multipart(store.clone(), key.clone(), data.clone(), stats.clone(), part, conc);
-                let r = with_retries(attempts, backoff, stats.clone(), op).await;
+                let r = with_retries(policy, stats.clone(), op).await;
                 if let Err(e) = r {
                     // Leave no claim behind.
                     let _ = store.delete(&key).await;

@@ -6,7 +6,10 @@ use std::time::Duration;
 /// process does not pay for loading the system's root certificates
 /// (~45 ms, which a one-shot command such as `export` feels).
 #[derive(Debug)]
-pub(super) struct PlainHttp;
+pub(super) struct PlainHttp {
+    /// Longest one request may take, body included.
+    pub timeout: Duration,
+}
 
 type HyperClient = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
@@ -14,7 +17,7 @@ type HyperClient = hyper_util::client::legacy::Client<
 >;
 
 #[derive(Debug)]
-struct PlainHttpService(HyperClient);
+struct PlainHttpService(HyperClient, Duration);
 
 impl object_store::client::HttpConnector for PlainHttp {
     fn connect(&self, _: &object_store::ClientOptions) -> object_store::Result<object_store::client::HttpClient> {
@@ -24,7 +27,7 @@ impl object_store::client::HttpConnector for PlainHttp {
         let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(conn);
-        Ok(object_store::client::HttpClient::new(PlainHttpService(client)))
+        Ok(object_store::client::HttpClient::new(PlainHttpService(client, self.timeout)))
     }
 }
 
@@ -36,7 +39,7 @@ impl object_store::client::HttpService for PlainHttpService {
     ) -> std::result::Result<object_store::client::HttpResponse, object_store::client::HttpError> {
         use http_body_util::BodyExt;
         use object_store::client::{HttpError, HttpErrorKind, HttpResponseBody};
-        let res = match tokio::time::timeout(Duration::from_secs(300), self.0.request(req)).await {
+        let res = match tokio::time::timeout(self.1, self.0.request(req)).await {
             Err(e) => return Err(HttpError::new(HttpErrorKind::Timeout, e)),
             Ok(Err(e)) => {
                 let kind = if e.is_connect() { HttpErrorKind::Connect } else { HttpErrorKind::Request };

@@ -78,6 +78,9 @@ struct Flaky {
     /// Fail every part of a multipart upload after this many (an
     /// interrupted upload); negative: never.
     parts_ok: Arc<std::sync::atomic::AtomicI64>,
+    /// Fail this many ranged reads of a pack past its first byte (reads
+    /// ahead, among them) with a transient error.
+    transient_reads: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Display for Flaky {
@@ -93,6 +96,7 @@ impl Flaky {
             transient: 0.into(),
             deny: Mutex::new(None),
             parts_ok: Arc::new((-1).into()),
+            transient_reads: 0.into(),
         })
     }
 
@@ -159,6 +163,16 @@ impl ObjectStore for Flaky {
         Ok(Box::new(FlakyUpload(up, self.parts_ok.clone())))
     }
     async fn get_opts(&self, location: &ObjPath, options: GetOptions) -> object_store::Result<object_store::GetResult> {
+        let past_start = matches!(options.range, Some(object_store::GetRange::Bounded(ref r)) if r.start > 0);
+        if location.as_ref().contains("packs/") && past_start && self.transient_reads.fetch_sub(1, Ordering::SeqCst) > 0
+        {
+            // Slowly, so that a reader is waiting for the block meanwhile.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return Err(object_store::Error::Generic {
+                store: "Flaky",
+                source: "injected: Server returned non-2xx status code: 503 Service Unavailable".into(),
+            });
+        }
         self.inner.get_opts(location, options).await
     }
     fn delete_stream(
@@ -234,6 +248,33 @@ fn transient_errors_are_retried() {
     store.export(&s.layer.id, &mut back).unwrap();
     assert!(back == tar);
     assert!(store.verify(Default::default()).unwrap().is_clean());
+}
+
+/// A read ahead that meets a transient error is retried like any read: a
+/// reader waits on the block it fetches.
+#[test]
+fn reads_ahead_are_retried() {
+    let f = Flaky::new();
+    let dir = tempfile::tempdir().unwrap();
+    let b = S3Backend::with_store(f.clone(), "test", "p", opts_reads()).unwrap();
+    let so = crate::StoreOptions { backend: Some(Arc::new(b)), ..Default::default() };
+    let store = crate::Store::open_with(dir.path(), so).unwrap();
+    let tar = layer_tar(3, 600_000);
+    let s = store.ingest(&tar[..], &Default::default()).unwrap();
+    drop(store);
+    // A new process's cache: every block is read from the bucket.
+    let b = S3Backend::with_store(f.clone(), "test", "p", opts_reads()).unwrap();
+    let so = crate::StoreOptions { backend: Some(Arc::new(b)), ..Default::default() };
+    let store = crate::Store::open_with(dir.path(), so).unwrap();
+    f.transient_reads.store(3, Ordering::SeqCst);
+    let mut back = Vec::new();
+    store.export(&s.layer.id, &mut back).unwrap();
+    assert!(back == tar);
+    assert!(f.transient_reads.load(Ordering::SeqCst) < 0, "every injected failure was met");
+}
+
+fn opts_reads() -> S3Options {
+    S3Options { backoff: Duration::from_millis(1), block_size: 64 << 10, readahead: 3, ..Default::default() }
 }
 
 #[test]

@@ -17,10 +17,26 @@ pub struct Args {
     /// Report what would be deleted, delete nothing
     #[arg(long)]
     dry_run: bool,
+    /// Allow a grace under an hour on an s3:// store: only when no other writer uses the bucket
+    #[arg(long)]
+    force: bool,
 }
+
+/// The shortest grace allowed for a bucket without `--force`: another
+/// writer's ingest or pull in flight uploads packs no layer object needs yet.
+const SHARED_MIN_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     let grace = args.grace;
+    if ctx.s3_url.is_some() && grace < SHARED_MIN_GRACE && !args.dry_run && !args.force {
+        use clap::CommandFactory;
+        let mut cli = crate::Cli::command();
+        cli.build();
+        let gc = cli.find_subcommand_mut("gc").expect("gc is a verb");
+        let msg = "a grace under 1h on an s3:// store can delete the packs of another writer's ingest or pull \
+                   in flight (they look like a crashed writer's); add --force if no other writer uses the bucket";
+        gc.error(clap::error::ErrorKind::ArgumentConflict, msg).exit();
+    }
     let store = ctx.open()?;
     let s = store.gc(&GcOptions { grace, dry_run: args.dry_run })?;
     if ctx.json {
