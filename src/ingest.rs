@@ -742,12 +742,26 @@ impl Store {
             // The blobs that named it before are in BLOBS: read it all back.
             self.layer_object_in(&tx, &info.id)?
         } else {
-            // Only this commit can have named a layer new to the index.
+            // Only this commit can have named a layer new to the index; but
+            // another writer of a shared bucket may have committed it under
+            // blobs this index never met: the object this one replaces keeps
+            // them, here too.
+            let mut blobs: Vec<BlobDigest> = new_blob.into_iter().collect();
+            if self.backend.is_shared() {
+                let theirs = self.blobs_in_backend(&info.id);
+                let mut table = tx.open_table(BLOBS)?;
+                for b in theirs.iter().filter(|b| !blobs.contains(b)) {
+                    table.insert(&b.as_bytes()[..], &info.id.as_bytes()[..])?;
+                }
+                blobs.extend(theirs);
+                blobs.sort();
+                blobs.dedup();
+            }
             LayerObject {
                 chunker: self.params,
                 info_bytes: info.encode().to_vec(),
                 info: info.clone(),
-                blobs: new_blob.into_iter().collect(),
+                blobs,
                 recipe,
                 files: object_files,
             }

@@ -247,6 +247,19 @@ impl Store {
         Ok(true)
     }
 
+    /// The blobs the backend's object of layer `id` names, when another
+    /// writer has stored one; none if it has not (or it does not decode).
+    pub(crate) fn blobs_in_backend(&self, id: &LayerId) -> Vec<BlobDigest> {
+        match self.backend.get_layer(id).and_then(|b| LayerObject::decode(&b, id)) {
+            Ok(o) => o.blobs,
+            Err(e) if e.kind() == crate::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                tracing::warn!(layer = %id, error = %e, "replacing a layer object that does not read");
+                Vec::new()
+            }
+        }
+    }
+
     /// Layer `id`'s object as the committed index would write it.
     pub(crate) fn layer_object_from_index(&self, id: &LayerId) -> Result<LayerObject> {
         let tx = self.db.begin_read()?;

@@ -300,3 +300,32 @@ fn permanent_errors_record_nothing() {
         assert!(left.is_empty(), "{case}: the bucket still holds {left:?}");
     }
 }
+
+/// A writer that commits a layer another writer of the bucket committed
+/// first replaces its layer object, but keeps the blobs that one named.
+#[test]
+fn a_layer_committed_again_keeps_the_other_writers_blobs() {
+    let bucket: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let open = |dir: &Path| {
+        let b = S3Backend::with_store(bucket.clone(), "test", "p", S3Options::default()).unwrap();
+        crate::Store::open_with(dir, crate::StoreOptions { backend: Some(Arc::new(b)), ..Default::default() }).unwrap()
+    };
+    let tar = layer_tar(5, 200_000);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    let gz = gz.finish().unwrap();
+    let (a, b, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Another writer, whose index predates the first writer's commit,
+    // ingests the same layer uncompressed.
+    let other = open(b.path());
+    let first = open(a.path()).ingest(&gz[..], &Default::default()).unwrap().layer;
+    let blob = first.blob.expect("arrived compressed");
+    let again = other.ingest(&tar[..], &Default::default()).unwrap();
+    assert!(!again.already_present, "its own index did not hold it");
+    assert_eq!(other.resolve_layer(&blob.to_string()).unwrap(), first.id);
+    drop(other);
+    // A third index rebuilt from the bucket alone finds the layer by that blob.
+    let third = open(c.path());
+    assert_eq!(third.resolve_layer(&blob.to_string()).unwrap(), first.id);
+    assert!(third.verify(Default::default()).unwrap().is_clean());
+}
