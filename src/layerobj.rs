@@ -241,7 +241,13 @@ impl Store {
                 layers.insert(key, &info.encode()[..])?;
             }
         }
-        let object = self.layer_object_in(&tx, id)?;
+        let mut object = self.layer_object_in(&tx, id)?;
+        if self.backend.is_shared() {
+            // Other writers' blobs, which this index may not know, stay named.
+            object.blobs.extend(self.blobs_in_backend(id));
+            object.blobs.sort();
+            object.blobs.dedup();
+        }
         self.publish_layer(&object, true, &[])?;
         tx.commit().inspect_err(|_| self.unsettled.keep())?;
         Ok(true)

@@ -55,8 +55,8 @@ pub struct S3Options {
     pub attempts: u32,
     /// First backoff between attempts; doubles each time.
     pub backoff: Duration,
-    /// No new attempt once this long has passed since an operation's first:
-    /// a server that hangs fails the operation in minutes, not hours.
+    /// No new attempt once this long has passed since an operation first
+    /// failed: a server that hangs fails the operation in minutes, not hours.
     pub give_up_after: Duration,
     /// Longest one HTTP request may take, body included (a part of a
     /// multipart upload is `part_size`; a ranged read `block_size`).
@@ -274,14 +274,15 @@ impl S3Backend {
                     .ok()
                     .filter(|c| !c.is_empty())
                     .ok_or_else(|| Error::invalid(format!("{} holds no PEM certificate", path.display())))?;
-                let client = certs.into_iter().fold(client_options(&opts), |o, c| o.with_root_certificate(c));
+                let client =
+                    certs.into_iter().fold(object_store::ClientOptions::new(), |o, c| o.with_root_certificate(c));
                 b = b.with_client_options(client);
-            } else {
-                b = b.with_client_options(client_options(&opts));
             }
-        } else {
-            b = b.with_client_options(client_options(&opts));
         }
+        // As a setting, so the client settings `from_env` read (a proxy, …) stay.
+        let timeout = format!("{}s", opts.request_timeout.as_secs().max(1));
+        b = b
+            .with_config(object_store::aws::AmazonS3ConfigKey::Client(object_store::ClientConfigKey::Timeout), timeout);
         let has_region = std::env::var_os("AWS_REGION").is_some() || std::env::var_os("AWS_DEFAULT_REGION").is_some();
         match region {
             Some(r) => b = b.with_region(r),
@@ -520,11 +521,6 @@ impl S3Backend {
     }
 }
 
-/// How the client underneath sends requests: with the request timeout.
-fn client_options(opts: &S3Options) -> object_store::ClientOptions {
-    object_store::ClientOptions::new().with_timeout(opts.request_timeout)
-}
-
 /// Run `op` until it succeeds, fails permanently, or runs out of attempts
 /// or time (`give_up`), doubling the pause between attempts.
 async fn with_retries<T, F, Fut>(
@@ -539,11 +535,17 @@ where
     let attempts = attempts.max(1);
     let mut delay = backoff;
     let mut attempt = 0;
-    let started = std::time::Instant::now();
+    // Counted from the first failure: a long upload that fails near its end
+    // is still tried again.
+    let mut failing_since = None;
     loop {
         match op(attempt).await {
             Ok(v) => return Ok(v),
-            Err(e) if attempt + 1 < attempts && transient(&e) && started.elapsed() + delay < give_up => {
+            Err(e)
+                if attempt + 1 < attempts
+                    && transient(&e)
+                    && failing_since.get_or_insert_with(std::time::Instant::now).elapsed() + delay < give_up =>
+            {
                 stats.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("object store: {e}; retrying in {delay:?}");
                 tokio::time::sleep(delay).await;

@@ -199,9 +199,9 @@ fn a_damaged_index_is_reported_then_rebuilt_by_reindex() {
 }
 
 /// redb asserts on some damage deep in a B-tree, where no open catches it:
-/// a garbled 4 KiB page anywhere in the index makes `verify` fail cleanly
-/// (exit 1, naming the damage) or, where redb cannot see it, pass; never a
-/// panic's exit 101.
+/// a garbled 4 KiB page anywhere in the index makes `verify` and `ingest`
+/// fail cleanly (exit 1, naming the damage) or, where redb cannot see it,
+/// pass; never a panic's exit 101, nor a worker's failure left unexplained.
 #[test]
 fn a_garbled_index_page_anywhere_is_an_error_not_a_crash() {
     let dir = tmp();
@@ -219,19 +219,25 @@ fn a_garbled_index_page_anywhere_is_an_error_not_a_crash() {
     let store = d.join("store");
     cs_ok(&store, &["ingest", tar.to_str().unwrap()]);
     let good = std::fs::read(store.join("chunkstore.redb")).unwrap();
+    let other = d.join("other.tar");
+    std::fs::write(&other, small_tar(77)).unwrap();
     let (mut failed, mut named) = (0, 0);
     // Every other page: damage that trips redb spans runs of pages.
     for page in (0..good.len() / 4096).step_by(2) {
         let mut bad = good.clone();
         bad[page * 4096..(page + 1) * 4096].copy_from_slice(&pseudo_random(4096, page as u64 + 1));
-        std::fs::write(store.join("chunkstore.redb"), &bad).unwrap();
-        let o =
-            Command::new(bin()).arg("--store").arg(&store).arg("verify").env_remove("RUST_BACKTRACE").output().unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(matches!(o.status.code(), Some(0 | 1)) && !err.contains("panicked"), "page {page}: {o:?}");
-        if o.status.code() == Some(1) {
-            failed += 1;
-            named += err.contains("is damaged") as usize;
+        for args in [&["verify"][..], &["ingest", other.to_str().unwrap()]] {
+            std::fs::write(store.join("chunkstore.redb"), &bad).unwrap();
+            let mut cmd = Command::new(bin());
+            let o = cmd.arg("--store").arg(&store).args(args).env_remove("RUST_BACKTRACE").output().unwrap();
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(matches!(o.status.code(), Some(0 | 1)), "page {page}, {args:?}: {o:?}");
+            let explained = err.contains("is damaged") || err.contains("looks damaged");
+            assert!(!err.contains("thread panicked") || explained, "page {page}, {args:?}: {err}");
+            if o.status.code() == Some(1) {
+                failed += 1;
+                named += explained as usize;
+            }
         }
     }
     assert!(failed > 0 && named > 0, "the damage was never seen: {failed} failures, {named} naming it");

@@ -1,5 +1,6 @@
 //! The S3 backend's HTTP client for plain `http://` endpoints.
 
+use std::future::Future;
 use std::time::Duration;
 
 /// The HTTP client for plain `http://` endpoints: hyper without TLS, so a
@@ -39,7 +40,8 @@ impl object_store::client::HttpService for PlainHttpService {
     ) -> std::result::Result<object_store::client::HttpResponse, object_store::client::HttpError> {
         use http_body_util::BodyExt;
         use object_store::client::{HttpError, HttpErrorKind, HttpResponseBody};
-        let res = match tokio::time::timeout(self.1, self.0.request(req)).await {
+        let deadline = tokio::time::Instant::now() + self.1;
+        let res = match tokio::time::timeout_at(deadline, self.0.request(req)).await {
             Err(e) => return Err(HttpError::new(HttpErrorKind::Timeout, e)),
             Ok(Err(e)) => {
                 let kind = if e.is_connect() { HttpErrorKind::Connect } else { HttpErrorKind::Request };
@@ -48,7 +50,44 @@ impl object_store::client::HttpService for PlainHttpService {
             Ok(Ok(r)) => r,
         };
         let (parts, body) = res.into_parts();
-        let body = HttpResponseBody::new(body.map_err(|e| HttpError::new(HttpErrorKind::Interrupted, e)));
+        let body = body.map_err(|e| HttpError::new(HttpErrorKind::Interrupted, e));
+        // The body streams after the headers: it keeps to the same deadline.
+        let body = HttpResponseBody::new(Deadline { inner: body, sleep: Box::pin(tokio::time::sleep_until(deadline)) });
         Ok(object_store::client::HttpResponse::from_parts(parts, body))
+    }
+}
+
+/// A response body that fails once its request's deadline has passed, so a
+/// server that sends headers and then stalls does not hang the reader.
+struct Deadline<B> {
+    inner: B,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> http_body::Body for Deadline<B>
+where
+    B: http_body::Body<Data = bytes::Bytes, Error = object_store::client::HttpError> + Unpin,
+{
+    type Data = bytes::Bytes;
+    type Error = object_store::client::HttpError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use object_store::client::{HttpError, HttpErrorKind};
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "the response body did not arrive in time");
+            return std::task::Poll::Ready(Some(Err(HttpError::new(HttpErrorKind::Timeout, e))));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

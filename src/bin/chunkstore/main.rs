@@ -143,8 +143,8 @@ pub enum Outcome {
     Failed(u8),
 }
 
-/// The last panic raised inside redb: its message, and message and place.
-static REDB_PANIC: std::sync::Mutex<Option<(String, String)>> = std::sync::Mutex::new(None);
+/// The first panic raised inside redb, with its place.
+static REDB_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     payload
@@ -157,9 +157,10 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 fn main() -> ExitCode {
     // redb asserts instead of returning errors on some damage to the index
     // file. The library turns that into an error where it opens the index;
-    // elsewhere the panic reaches `main`, which reports a damaged index. So
-    // such a panic is only remembered here (reported as usual with
-    // RUST_BACKTRACE set), other panics as usual.
+    // elsewhere the panic reaches `main`, which reports a damaged index, or
+    // a worker thread, whose failure the command reports. Such a panic is
+    // said in one line here and remembered (a panic report as usual with
+    // RUST_BACKTRACE set); other panics as usual.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let at = info.location().filter(|l| l.file().contains("/redb-"));
@@ -168,8 +169,14 @@ fn main() -> ExitCode {
             // The path from the crate's directory on: the rest is the builder's.
             let file = at.file().find("redb-").map_or(at.file(), |i| &at.file()[i..]);
             let place = format!("{why} (at {file}:{}:{})", at.line(), at.column());
-            *REDB_PANIC.lock().unwrap_or_else(|p| p.into_inner()) = Some((why, place));
-            if std::env::var_os("RUST_BACKTRACE").is_none() {
+            let quiet = std::env::var_os("RUST_BACKTRACE").is_none();
+            let mut seen = REDB_PANIC.lock().unwrap_or_else(|p| p.into_inner());
+            // Parallel workers may each meet the same damage: one line.
+            if quiet && seen.is_none() {
+                eprintln!("chunkstore: redb: {place}");
+            }
+            seen.get_or_insert(place);
+            if quiet {
                 return;
             }
         }
@@ -211,9 +218,11 @@ fn main() -> ExitCode {
     let result = match std::panic::catch_unwind(verb) {
         Ok(r) => r,
         Err(payload) => {
+            // Any redb panic this run: under rayon another worker's may be
+            // the one that arrives here.
             let seen = REDB_PANIC.lock().unwrap_or_else(|p| p.into_inner()).take();
             match seen {
-                Some((why, what)) if why == panic_text(&*payload) => Err(anyhow::Error::new(chunkstore::Error::new(
+                Some(what) => Err(anyhow::Error::new(chunkstore::Error::new(
                     chunkstore::ErrorKind::Corrupt,
                     format!(
                         "index {} is damaged (redb: {what}): `chunkstore reindex` sets it aside and rebuilds it \
@@ -225,6 +234,20 @@ fn main() -> ExitCode {
             }
         }
     };
+    // A redb panic a worker thread met, which the command reported as that
+    // thread's failure: say what it means.
+    let unexplained = match &result {
+        Ok(Outcome::Ok) => false,
+        Ok(Outcome::Failed(_)) => true,
+        Err(e) => !format!("{e:#}").contains("is damaged"),
+    };
+    if unexplained && REDB_PANIC.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+        eprintln!(
+            "chunkstore: index {} looks damaged (redb failed a check): `chunkstore reindex` sets it aside and \
+             rebuilds it from the packs and layer objects",
+            ctx.store_dir.join("chunkstore.redb").display()
+        );
+    }
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Failed(code)) => ExitCode::from(code),
