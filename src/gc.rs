@@ -9,7 +9,7 @@
 
 use crate::error::Result;
 use crate::ids::{ChunkId, PackId};
-use crate::index::{self, PACKS};
+use crate::index::PACKS;
 use crate::layerobj::LayerObject;
 use crate::pack;
 use crate::store::Store;
@@ -124,10 +124,7 @@ impl Store {
     fn chunks_layer_objects_need(&self) -> Result<HashSet<ChunkId>> {
         let mut needed = HashSet::new();
         for id in self.backend.list_layers()? {
-            let obj = LayerObject::decode(&self.backend.get_layer(&id)?, &id)?;
-            for (_, v) in &obj.files {
-                needed.extend(index::decode_file(v)?.1.chunks.into_iter().map(|(c, _)| c));
-            }
+            LayerObject::decode(&self.backend.get_layer(&id)?, &id)?.add_chunks(&mut needed)?;
         }
         Ok(needed)
     }

@@ -747,8 +747,8 @@ impl Store {
             // blobs this index never met: the object this one replaces keeps
             // them, here too.
             let mut blobs: Vec<BlobDigest> = new_blob.into_iter().collect();
-            if self.backend.is_shared() {
-                let theirs = self.blobs_in_backend(&info.id);
+            let theirs = self.blobs_in_backend(&info.id);
+            if !theirs.is_empty() {
                 let mut table = tx.open_table(BLOBS)?;
                 for b in theirs.iter().filter(|b| !blobs.contains(b)) {
                     table.insert(&b.as_bytes()[..], &info.id.as_bytes()[..])?;

@@ -163,6 +163,14 @@ where
 }
 
 impl LayerObject {
+    /// Add every chunk the layer's files use to `needed`.
+    pub(crate) fn add_chunks(&self, needed: &mut HashSet<crate::ChunkId>) -> Result<()> {
+        for (_, v) in &self.files {
+            needed.extend(index::decode_file(v)?.1.chunks.into_iter().map(|(c, _)| c));
+        }
+        Ok(())
+    }
+
     /// Whether `other` describes the same layer: the same chunker, tar,
     /// recipe and file recipes. What each writer of a shared bucket records
     /// in its own way may differ: file numbers (dense per index), when the
@@ -242,20 +250,22 @@ impl Store {
             }
         }
         let mut object = self.layer_object_in(&tx, id)?;
-        if self.backend.is_shared() {
-            // Other writers' blobs, which this index may not know, stay named.
-            object.blobs.extend(self.blobs_in_backend(id));
-            object.blobs.sort();
-            object.blobs.dedup();
-        }
+        // Other writers' blobs, which this index may not know, stay named.
+        object.blobs.extend(self.blobs_in_backend(id));
+        object.blobs.sort();
+        object.blobs.dedup();
         self.publish_layer(&object, true, &[])?;
         tx.commit().inspect_err(|_| self.unsettled.keep())?;
         Ok(true)
     }
 
-    /// The blobs the backend's object of layer `id` names, when another
-    /// writer has stored one; none if it has not (or it does not decode).
+    /// On a shared backend, the blobs the object of layer `id` names that
+    /// another writer stored; none if it has not (or it does not decode), or
+    /// the backend is this store's alone.
     pub(crate) fn blobs_in_backend(&self, id: &LayerId) -> Vec<BlobDigest> {
+        if !self.backend.is_shared() {
+            return Vec::new();
+        }
         match self.backend.get_layer(id).and_then(|b| LayerObject::decode(&b, id)) {
             Ok(o) => o.blobs,
             Err(e) if e.kind() == crate::ErrorKind::NotFound => Vec::new(),

@@ -148,9 +148,7 @@ impl Store {
         //    vanish.
         let mut needed: HashSet<ChunkId> = HashSet::new();
         for o in &kept {
-            for (_, v) in &o.files {
-                needed.extend(index::decode_file(v)?.1.chunks.into_iter().map(|(c, _)| c));
-            }
+            o.add_chunks(&mut needed)?;
         }
         let mut chunks: HashMap<ChunkId, ChunkLoc> = HashMap::new();
         let mut chunk_order: Vec<ChunkId> = Vec::new();

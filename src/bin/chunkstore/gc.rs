@@ -29,13 +29,9 @@ const SHARED_MIN_GRACE: std::time::Duration = std::time::Duration::from_secs(360
 pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     let grace = args.grace;
     if ctx.s3_url.is_some() && grace < SHARED_MIN_GRACE && !args.dry_run && !args.force {
-        use clap::CommandFactory;
-        let mut cli = crate::Cli::command();
-        cli.build();
-        let gc = cli.find_subcommand_mut("gc").expect("gc is a verb");
         let msg = "a grace under 1h on an s3:// store can delete the packs of another writer's ingest or pull \
                    in flight (they look like a crashed writer's); add --force if no other writer uses the bucket";
-        gc.error(clap::error::ErrorKind::ArgumentConflict, msg).exit();
+        crate::usage_conflict("gc", msg);
     }
     let store = ctx.open()?;
     let s = store.gc(&GcOptions { grace, dry_run: args.dry_run })?;

@@ -35,12 +35,7 @@ struct Ingested {
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
     if args.files.len() > 1 && (args.digest.is_some() || args.diff_id.is_some()) {
-        use clap::CommandFactory;
-        let mut cli = crate::Cli::command();
-        cli.build();
-        let ingest = cli.find_subcommand_mut("ingest").expect("ingest is a verb");
-        let msg = "--digest and --diff-id name one input: give one FILE";
-        ingest.error(clap::error::ErrorKind::ArgumentConflict, msg).exit();
+        crate::usage_conflict("ingest", "--digest and --diff-id name one input: give one FILE");
     }
     let store = ctx.open()?;
     let mut summaries = Vec::new();

@@ -29,7 +29,7 @@ use std::sync::Arc;
 /// Content-addressed chunk store and dedup engine for container image layers.
 #[derive(Parser)]
 #[command(name = "chunkstore", version, about)]
-pub(crate) struct Cli {
+struct Cli {
     /// Store: a directory, file://DIR, or s3://BUCKET/PREFIX?endpoint=URL (credentials from the
     /// AWS_* environment variables) [default: $CHUNKSTORE_DIR, else the per-user data directory]
     #[arg(long, global = true, env = "CHUNKSTORE_DIR", value_name = "DIR|URL")]
@@ -141,6 +141,15 @@ pub enum Outcome {
     Ok,
     /// A failure already reported to the user; exit with this code.
     Failed(u8),
+}
+
+/// Exit as clap does for arguments that conflict (status 2), with `verb`'s usage.
+pub(crate) fn usage_conflict(verb: &str, msg: &str) -> ! {
+    use clap::CommandFactory;
+    let mut cli = Cli::command();
+    cli.build();
+    let sub = cli.find_subcommand_mut(verb).expect("a verb of this command");
+    sub.error(clap::error::ErrorKind::ArgumentConflict, msg).exit()
 }
 
 /// The first panic raised inside redb, with its place.
