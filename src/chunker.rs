@@ -89,20 +89,23 @@ impl Chunker {
     /// Read exactly `size` bytes from `r` and hand each chunk, in order, to `emit`.
     /// Cut points equal those of FastCDC over the whole file at once: a cut is
     /// only sought while at least `max` bytes (or the file's end) are in view.
-    pub fn chunk<R: Read>(&mut self, mut r: R, size: u64, mut emit: impl FnMut(Vec<u8>) -> Result<()>) -> Result<()> {
+    pub fn chunk<R: Read>(&mut self, r: R, size: u64, mut emit: impl FnMut(Vec<u8>) -> Result<()>) -> Result<()> {
+        self.chunk_slices(r, size, |b| emit(b.to_vec()))
+    }
+
+    /// As [`Chunker::chunk`], lending each chunk instead of giving it.
+    pub fn chunk_slices<R: Read>(
+        &mut self,
+        mut r: R,
+        size: u64,
+        mut emit: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
         let ChunkerParams { min, avg, max } = self.p;
         if size <= WINDOW as u64 {
             let mut data = vec![0u8; size as usize];
             r.read_exact(&mut data).map_err(|e| crate::error::from_io(e, "reading file content"))?;
-            let cuts = self.cuts(&data);
-            if cuts.len() <= 1 {
-                if cuts.is_empty() {
-                    return Ok(());
-                }
-                return emit(data);
-            }
-            for (off, len) in cuts {
-                emit(data[off..off + len].to_vec())?;
+            for (off, len) in self.cuts(&data) {
+                emit(&data[off..off + len])?;
             }
             return Ok(());
         }
@@ -133,7 +136,7 @@ impl Chunker {
             let view = &self.window[start..end];
             let cdc = FastCDC::new(view, min, avg, max);
             let (_, cut) = cdc.cut(0, view.len());
-            emit(view[..cut].to_vec())?;
+            emit(&view[..cut])?;
             start += cut;
         }
     }

@@ -1,6 +1,7 @@
 //! Ingest. The caller's thread walks the tar and reads each content region
 //! whole (regions over [`WINDOW`] are cut into chunks as they stream by), in
-//! batches, while the input's SHA-256 runs beside it (see `input`). A writer
+//! batches: each batch is one run of the stream in one buffer (`batchbuf`),
+//! which a helper thread hashes for the diff_id. A writer
 //! thread runs one parallel pass (rayon) per batch: BLAKE3 of every region;
 //! content the index holds, or another piece of this ingest claimed, stops
 //! there; the rest is cut, its chunks hashed, and chunks neither held nor
@@ -8,6 +9,7 @@
 //! and writes file recipes and the layer recipe, in stream order. One index
 //! transaction at the end, after every pack it names is durable.
 
+use crate::batchbuf::{self, Buffer};
 use crate::chunker::{Chunker, WINDOW};
 use crate::error::{Error, Result};
 use crate::failpoint;
@@ -25,6 +27,7 @@ use rayon::prelude::*;
 use redb::ReadableTable;
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
+use std::ops::Range;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -69,34 +72,55 @@ pub struct IngestSummary {
     pub seconds: f64,
 }
 
-/// The walk's output, in stream order.
+/// The walk's output, in stream order; byte ranges are of the batch's buffer.
 enum Piece {
     /// Tar bytes kept verbatim: headers, extension records, padding, the tail.
-    Raw(Vec<u8>),
+    Raw(Range<usize>),
     /// A content region held whole.
-    Whole { kind: ContentKind, path: Vec<u8>, data: Vec<u8> },
+    Whole { kind: ContentKind, path: Vec<u8>, data: Range<usize> },
     /// The next chunk of a region too large to hold whole.
-    Part(Vec<u8>),
+    Part(Range<usize>),
     /// The end of a region that arrived as parts.
     PartsEnd { kind: ContentKind, path: Vec<u8>, size: u64 },
 }
 
-impl Piece {
-    fn data_len(&self) -> usize {
-        match self {
-            Piece::Raw(b) | Piece::Whole { data: b, .. } | Piece::Part(b) => b.len(),
-            Piece::PartsEnd { .. } => 0,
+/// A run of the tar stream: its bytes, in order, and the pieces they make.
+struct Batch {
+    buf: Buffer,
+    pieces: Vec<Piece>,
+}
+
+impl Batch {
+    /// The bytes of a raw, whole or part piece; none for a `PartsEnd`.
+    fn data(&self, p: &Piece) -> &[u8] {
+        match p {
+            Piece::Raw(r) | Piece::Whole { data: r, .. } | Piece::Part(r) => self.buf.get(r),
+            Piece::PartsEnd { .. } => &[],
         }
+    }
+}
+
+impl AsRef<[u8]> for Batch {
+    fn as_ref(&self) -> &[u8] {
+        self.buf.bytes()
     }
 }
 
 /// Send a batch once it holds this many bytes. Small enough that a small
 /// layer fills the pipeline quickly, large enough to give rayon work.
 const BATCH_BYTES: usize = 2 << 20;
-/// Batches in flight between the walk and the writer (bounds memory).
+/// Batches in flight between the walk and the writer, and between the walk
+/// and the SHA-256 thread (bounds memory).
 const BATCHES_IN_FLIGHT: usize = 4;
 /// Prepared batches in flight between the writer and the packer.
 const PREPARED_IN_FLIGHT: usize = 2;
+/// Batch buffers kept for reuse: more than can be in use at once (in each
+/// queue, plus one being filled, prepared, packed and hashed).
+const BUFFERS_KEPT: usize = 2 * BATCHES_IN_FLIGHT + PREPARED_IN_FLIGHT + 4;
+/// The walk's read buffer. Content regions larger than this are read straight
+/// into their batch's buffer.
+const READ_BUFFER: usize = 128 << 10;
+const _: () = assert!(BATCH_BYTES + WINDOW <= batchbuf::CAPACITY);
 
 /// What the writer thread produced, to be committed.
 #[derive(Default)]
@@ -158,7 +182,7 @@ struct Claims {
 
 /// A batch on its way from the parallel pass to the packer.
 struct Prepared {
-    batch: Vec<Piece>,
+    batch: Arc<Batch>,
     done: Vec<Done>,
 }
 
@@ -170,7 +194,7 @@ impl Store {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         self.check_writable()?;
         let counter = opts.progress.clone().unwrap_or_default();
-        let (tx, rx) = bounded::<Vec<Piece>>(BATCHES_IN_FLIGHT);
+        let (tx, rx) = bounded::<Arc<Batch>>(BATCHES_IN_FLIGHT);
         let (walked, written) = std::thread::scope(|s| {
             let writer = std::thread::Builder::new()
                 .name("chunkstore-writer".into())
@@ -236,62 +260,80 @@ impl Store {
         &self,
         reader: R,
         counter: Arc<AtomicU64>,
-        mut send: impl FnMut(Vec<Piece>) -> bool,
+        mut send: impl FnMut(Arc<Batch>) -> bool,
     ) -> Result<Walk> {
         let opened = input::open(reader, counter)?;
-        let mut split = TarSplitter::new(opened.reader);
+        let (sha, tar_digest) = input::hash_beside::<Batch>(BATCHES_IN_FLIGHT)?;
+        let pool = batchbuf::Pool::new(BUFFERS_KEPT);
+        let mut split = TarSplitter::new(std::io::BufReader::with_capacity(READ_BUFFER, opened.reader));
         let mut chunker = Chunker::new(self.params);
         let mut raw = Vec::new();
-        let mut batch: Vec<Piece> = Vec::new();
-        let mut batch_bytes = 0usize;
-        let stopped = || Error::io("the writer thread stopped", std::io::Error::other("writer stopped"));
+        let mut cur = Batch { buf: pool.take()?, pieces: Vec::new() };
+        // Ship the batch being filled (to the hashing thread and the writer) and start the next.
+        let mut ship = |cur: &mut Batch| -> Result<()> {
+            let full = Arc::new(std::mem::replace(cur, Batch { buf: pool.take()?, pieces: Vec::new() }));
+            if sha.send(full.clone()).is_err() || !send(full) {
+                return Err(Error::io("the writer thread stopped", std::io::Error::other("writer stopped")));
+            }
+            Ok(())
+        };
         loop {
             let content = split.next(&mut raw)?;
-            if !raw.is_empty() {
-                batch_bytes += raw.len();
-                batch.push(Piece::Raw(std::mem::take(&mut raw)));
+            // Raw bytes run on into the next buffer if need be; the recipe joins them up again.
+            let mut rest = &raw[..];
+            while !rest.is_empty() {
+                if cur.buf.room() == 0 {
+                    ship(&mut cur)?;
+                }
+                let n = rest.len().min(cur.buf.room());
+                let r = cur.buf.append(&rest[..n]);
+                cur.pieces.push(Piece::Raw(r));
+                rest = &rest[n..];
             }
+            raw.clear();
             let Some(c) = content else { break };
             let at =
                 |e: Error| e.context(format!("entry {:?} at offset {}", String::from_utf8_lossy(&c.path), c.offset));
             if c.size <= WINDOW as u64 {
-                let mut data = vec![0u8; c.size as usize];
-                split
-                    .content()
-                    .read_exact(&mut data)
-                    .map_err(|e| at(crate::error::from_io(e, "reading file content")))?;
-                batch_bytes += data.len();
-                batch.push(Piece::Whole { kind: c.kind, path: c.path, data });
+                let size = c.size as usize;
+                if cur.buf.room() < size {
+                    ship(&mut cur)?;
+                }
+                let data = cur
+                    .buf
+                    .append_with(size, |dst| {
+                        split.content().read_exact(dst).map_err(|e| crate::error::from_io(e, "reading file content"))
+                    })
+                    .map_err(at)?;
+                cur.pieces.push(Piece::Whole { kind: c.kind, path: c.path, data });
             } else {
                 chunker
-                    .chunk(split.content(), c.size, |data| {
-                        batch_bytes += data.len();
-                        batch.push(Piece::Part(data));
-                        if batch_bytes >= BATCH_BYTES {
-                            batch_bytes = 0;
-                            if !send(std::mem::take(&mut batch)) {
-                                return Err(stopped());
-                            }
+                    .chunk_slices(split.content(), c.size, |data| {
+                        if cur.buf.room() < data.len() {
+                            ship(&mut cur)?;
+                        }
+                        let r = cur.buf.append(data);
+                        cur.pieces.push(Piece::Part(r));
+                        if cur.buf.len() >= BATCH_BYTES {
+                            ship(&mut cur)?;
                         }
                         Ok(())
                     })
                     .map_err(at)?;
-                batch.push(Piece::PartsEnd { kind: c.kind, path: c.path, size: c.size });
+                cur.pieces.push(Piece::PartsEnd { kind: c.kind, path: c.path, size: c.size });
             }
-            if batch_bytes >= BATCH_BYTES {
-                batch_bytes = 0;
-                if !send(std::mem::take(&mut batch)) {
-                    return Err(stopped());
-                }
+            if cur.buf.len() >= BATCH_BYTES {
+                ship(&mut cur)?;
             }
         }
-        if !batch.is_empty() && !send(batch) {
-            return Err(stopped());
+        if !cur.pieces.is_empty() {
+            ship(&mut cur)?;
         }
+        drop(sha);
         let entries = split.entries();
         let tar_size = split.position();
         drop(split);
-        let (sha, hashed) = opened.tar_digest.finish();
+        let (sha, hashed) = tar_digest.finish();
         debug_assert_eq!(hashed, tar_size);
         let blob = opened.blob_digest.map(|d| BlobDigest::from_bytes(d.finish().0));
         Ok(Walk {
@@ -312,7 +354,7 @@ impl Store {
     /// The writer thread: runs the parallel pass over each batch (hash, skip
     /// held content, chunk, compress), and hands it to a packer thread that
     /// packs and describes it in stream order.
-    fn write_pieces(&self, rx: Receiver<Vec<Piece>>) -> Result<Written> {
+    fn write_pieces(&self, rx: Receiver<Arc<Batch>>) -> Result<Written> {
         let (ptx, prx) = bounded::<Prepared>(PREPARED_IN_FLIGHT);
         std::thread::scope(|s| {
             let packer = std::thread::Builder::new()
@@ -337,7 +379,7 @@ impl Store {
     }
 
     /// The parallel pass, batch by batch; `send` returns false if the packer stopped.
-    fn prepare_batches(&self, rx: Receiver<Vec<Piece>>, mut send: impl FnMut(Prepared) -> bool) -> Result<()> {
+    fn prepare_batches(&self, rx: Receiver<Arc<Batch>>, mut send: impl FnMut(Prepared) -> bool) -> Result<()> {
         let tx = self.db.begin_read()?;
         let known_chunks = tx.open_table(CHUNKS)?;
         let known_files = tx.open_table(FILES)?;
@@ -359,7 +401,7 @@ impl Store {
     /// compressed. Meanwhile the parts of a streamed region feed its hash.
     fn prepare(
         &self,
-        batch: &[Piece],
+        batch: &Batch,
         chunker: &Chunker,
         claims: &Claims,
         streamed: &mut Option<blake3::Hasher>,
@@ -377,9 +419,11 @@ impl Store {
         let (done, ends) = rayon::join(
             || {
                 batch
+                    .pieces
                     .par_iter()
                     .map(|p| match p {
                         Piece::Whole { data, .. } => {
+                            let data = batch.buf.get(data);
                             let id = FileId::from_bytes(*blake3::hash(data).as_bytes());
                             if claims.files.lock().unwrap_or_else(|p| p.into_inner()).contains(&id) {
                                 return Ok(Done::Claimed(id));
@@ -401,7 +445,10 @@ impl Store {
                             };
                             Ok(Done::New(id, cuts))
                         }
-                        Piece::Part(data) => Ok(Done::Part(cut(data, 0, data.len(), ChunkId::of(data))?)),
+                        Piece::Part(r) => {
+                            let data = batch.buf.get(r);
+                            Ok(Done::Part(cut(data, 0, data.len(), ChunkId::of(data))?))
+                        }
                         Piece::Raw(_) | Piece::PartsEnd { .. } => Ok(Done::Skip),
                     })
                     .collect::<Result<Vec<_>>>()
@@ -409,10 +456,10 @@ impl Store {
             || {
                 // In stream order: a batch may end one streamed region and begin the next.
                 let mut ends = Vec::new();
-                for (i, p) in batch.iter().enumerate() {
+                for (i, p) in batch.pieces.iter().enumerate() {
                     match p {
-                        Piece::Part(data) => {
-                            streamed.get_or_insert_with(blake3::Hasher::new).update(data);
+                        Piece::Part(r) => {
+                            streamed.get_or_insert_with(blake3::Hasher::new).update(batch.buf.get(r));
                         }
                         Piece::PartsEnd { .. } => {
                             let h = streamed.take().unwrap_or_default();
@@ -487,11 +534,11 @@ impl Store {
                 _ => {}
             }
         }
-        for i in 0..batch.len() {
+        for i in 0..batch.pieces.len() {
             let (id, n) = match &done[i] {
                 Done::Skip => {
-                    if let Piece::Raw(b) = &batch[i] {
-                        st.recipe.raw(b)?;
+                    if let Piece::Raw(r) = &batch.pieces[i] {
+                        st.recipe.raw(batch.buf.get(r))?;
                     }
                     continue;
                 }
@@ -526,7 +573,7 @@ impl Store {
                     (id, n)
                 }
             };
-            let (kind, path, size) = match &batch[i] {
+            let (kind, path, size) = match &batch.pieces[i] {
                 Piece::Whole { kind, path, data } => (*kind, path, data.len() as u64),
                 Piece::PartsEnd { kind, path, size } => (*kind, path, *size),
                 _ => unreachable!("only whole regions and streamed ends are content"),
@@ -550,7 +597,7 @@ impl Store {
     fn pack_file(
         &self,
         st: &mut PackerState,
-        batch: &[Piece],
+        batch: &Batch,
         done: &mut [Done],
         chunks_here: &mut HashMap<ChunkId, (usize, usize)>,
         j: usize,
@@ -562,7 +609,7 @@ impl Store {
             self.pack_chunk(st, batch, done, chunks_here, *cid)?;
         }
         let n = list.len() as u64;
-        st.w.files.insert(id, FileRecipe { size: batch[j].data_len() as u64, chunks: list });
+        st.w.files.insert(id, FileRecipe { size: batch.data(&batch.pieces[j]).len() as u64, chunks: list });
         st.chunk_counts.insert(id, n);
         Ok(n)
     }
@@ -571,7 +618,7 @@ impl Store {
     fn pack_chunk(
         &self,
         st: &mut PackerState,
-        batch: &[Piece],
+        batch: &Batch,
         done: &mut [Done],
         chunks_here: &mut HashMap<ChunkId, (usize, usize)>,
         id: ChunkId,
@@ -585,10 +632,7 @@ impl Store {
             _ => unreachable!("chunks_here names cuts"),
         };
         let stored = c.stored.take().expect("claimed cuts carry their stored form");
-        let raw = match &batch[j] {
-            Piece::Whole { data, .. } | Piece::Part(data) => &data[c.off..c.off + c.len],
-            _ => unreachable!("only regions and parts have chunks"),
-        };
+        let raw = &batch.data(&batch.pieces[j])[c.off..c.off + c.len];
         if st.pack.is_none() {
             st.pack = Some(PackWriter::create(&self.staging, self.allocate_pack())?);
         }

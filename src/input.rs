@@ -1,6 +1,6 @@
 //! Ingest input plumbing: compression by magic bytes, byte counting for
 //! progress and error offsets, and SHA-256 digests computed on helper threads
-//! over the blocks the walk reads.
+//! (of the compressed blob here, of the tar over the walk's batches).
 
 use crate::error::{Error, Result};
 use crossbeam_channel::{bounded, Sender};
@@ -81,10 +81,9 @@ const BLOCK: usize = 1 << 20;
 /// Blocks read ahead of the hashing thread.
 const BLOCKS_AHEAD: usize = 4;
 
-/// Reads its input in blocks and hands each block, shared rather than copied,
-/// to a thread that computes its SHA-256, so hashing runs beside the tar walk
-/// (on a layer the store already holds, the walk and this hash are the work).
-/// Also the buffer of the stream: it implements [`BufRead`].
+/// Reads compressed input in blocks and hands each block, shared rather than
+/// copied, to a thread that computes the blob's SHA-256 beside the decoder.
+/// Also the decoder's input buffer: it implements [`BufRead`].
 pub(crate) struct HashedBlocks<R> {
     inner: R,
     block: Arc<Vec<u8>>,
@@ -96,21 +95,9 @@ pub(crate) struct HashedBlocks<R> {
 
 impl<R: Read> HashedBlocks<R> {
     fn new(inner: R) -> Result<(Self, DigestHandle)> {
-        let (tx, rx) = bounded::<Arc<Vec<u8>>>(BLOCKS_AHEAD);
-        let handle = std::thread::Builder::new()
-            .name("chunkstore-sha256".into())
-            .spawn(move || {
-                let mut h = Sha256::new();
-                let mut n = 0u64;
-                for b in rx {
-                    n += b.len() as u64;
-                    h.update(&b[..]);
-                }
-                (h.finalize().into(), n)
-            })
-            .map_err(|e| Error::io("spawning the hashing thread", e))?;
+        let (tx, handle) = hash_beside(BLOCKS_AHEAD)?;
         let r = HashedBlocks { inner, block: Arc::new(Vec::new()), pos: 0, tx: Some(tx), pending: None };
-        Ok((r, DigestHandle(handle)))
+        Ok((r, handle))
     }
 
     /// Read the next block (up to [`BLOCK`] bytes; empty at the end of input).
@@ -175,7 +162,31 @@ impl<R: Read> Read for HashedBlocks<R> {
     }
 }
 
-/// The digest of a [`HashedBlocks`] stream, ready once the stream is dropped.
+/// SHA-256 of the byte runs sent to the returned channel, in order, computed
+/// on a helper thread; `ahead` runs may wait for it. Drop the sender, then
+/// [`DigestHandle::finish`].
+pub(crate) fn hash_beside<T: AsRef<[u8]> + Send + Sync + 'static>(
+    ahead: usize,
+) -> Result<(Sender<Arc<T>>, DigestHandle)> {
+    let (tx, rx) = bounded::<Arc<T>>(ahead);
+    let handle = std::thread::Builder::new()
+        .name("chunkstore-sha256".into())
+        .spawn(move || {
+            let mut h = Sha256::new();
+            let mut n = 0u64;
+            for b in rx {
+                let b = (*b).as_ref();
+                n += b.len() as u64;
+                h.update(b);
+            }
+            (h.finalize().into(), n)
+        })
+        .map_err(|e| Error::io("spawning the hashing thread", e))?;
+    Ok((tx, DigestHandle(handle)))
+}
+
+/// The digest of a [`HashedBlocks`] stream or a [`hash_beside`] channel,
+/// ready once the stream or sender is dropped.
 pub(crate) struct DigestHandle(JoinHandle<([u8; 32], u64)>);
 
 impl DigestHandle {
@@ -292,12 +303,11 @@ impl<R: BufRead> Read for GzMembers<R> {
     }
 }
 
-/// The decompressed stream with its digests.
+/// The decompressed stream, unbuffered, and the compressed blob's digest.
+/// (The walk hashes the tar itself: see `batchbuf`.)
 pub(crate) struct OpenedInput<'a> {
     pub reader: Box<dyn Read + 'a>,
     pub compression: Compression,
-    /// SHA-256 of the uncompressed tar (the diff_id).
-    pub tar_digest: DigestHandle,
     /// SHA-256 of the compressed blob, when it was compressed.
     pub blob_digest: Option<DigestHandle>,
 }
@@ -342,7 +352,5 @@ pub(crate) fn open<'a, R: Read + 'a>(mut r: R, counter: Arc<AtomicU64>) -> Resul
             (Box::new(DecodeErrors { inner: dec, format, count: counter }), Some(digest))
         }
     };
-    let (blocks, tar_digest) = HashedBlocks::new(reader)?;
-    let reader = Box::new(blocks);
-    Ok(OpenedInput { reader, compression, tar_digest, blob_digest })
+    Ok(OpenedInput { reader, compression, blob_digest })
 }

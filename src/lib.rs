@@ -31,6 +31,7 @@
 
 mod apply;
 mod backend;
+mod batchbuf;
 mod bundle_check;
 mod bundle_commit;
 mod chunker;

@@ -150,8 +150,8 @@ fn recipes_that_do_not_match_the_tar_walk_are_refused() {
     // Raw bytes split where an ingest would not split them.
     let b = forge(&mut |item, w| match item {
         RecipeItem::Raw(r) if r.len() > 512 => {
-            w.raw(&r[..512]).unwrap();
-            w.raw(&r[512..]).unwrap();
+            w.raw_item(&r[..512]).unwrap();
+            w.raw_item(&r[512..]).unwrap();
         }
         i => put(w, i),
     });

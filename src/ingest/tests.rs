@@ -86,3 +86,37 @@ fn the_layer_object_written_is_the_one_the_index_gives() {
     let obj = store.layer_object_from_index(&store.layers().unwrap()[0].id).unwrap();
     assert_eq!(obj.blobs.len(), 2, "the gzip and the zstd blob both name the layer");
 }
+
+/// Header bytes longer than a batch buffer holds (here 40,000 directories
+/// before a file) run on into the next buffer, and the layer rebuilds
+/// exactly, with one raw item for them in its recipe as before.
+#[test]
+fn a_header_run_longer_than_a_batch_buffer() {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_size(0);
+    h.set_mode(0o755);
+    for i in 0..40_000 {
+        b.append_data(&mut h.clone(), format!("d{i}/"), &[][..]).unwrap();
+    }
+    let data = noise(70_000, 9);
+    let mut f = tar::Header::new_gnu();
+    f.set_size(data.len() as u64);
+    f.set_mode(0o644);
+    b.append_data(&mut f, "file", &data[..]).unwrap();
+    let tar = b.into_inner().unwrap();
+    assert!(tar.len() > batchbuf::CAPACITY, "the headers alone overflow a buffer");
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let s = store.ingest(&tar[..], &IngestOptions::default()).unwrap();
+    assert_eq!((s.layer.entries, s.layer.files), (40_001, 1));
+    let mut back = Vec::new();
+    store.export(&s.layer.id, &mut back).unwrap();
+    assert!(back == tar, "the layer rebuilds exactly");
+    let recipe = store.db.begin_read().unwrap().open_table(RECIPES).unwrap();
+    let recipe = recipe.get(&s.layer.id.as_bytes()[..]).unwrap().unwrap().value().to_vec();
+    let items: Vec<_> = crate::recipe::RecipeReader::new(recipe).unwrap().collect::<Result<_>>().unwrap();
+    assert_eq!(items.len(), 3, "headers, the file, the padding and end marker: {} items", items.len());
+}
