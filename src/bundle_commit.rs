@@ -29,7 +29,7 @@ use crate::input::Compression;
 use crate::pack::{self, ChunkLoc};
 use crate::recipe::FileRecipe;
 use crate::store::Store;
-use crate::tarsplit::{ContentKind, TarSplitter};
+use crate::tarsplit::{ContentKind, Step, TarSplitter};
 use crate::transfer::RecipeBundle;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -262,7 +262,8 @@ impl Store {
         started: Instant,
         mut send: impl FnMut(Vec<Seg>) -> Result<()>,
     ) -> Result<Verified> {
-        let mut split = TarSplitter::new(RecipeStream::new(bundle.recipe.clone())?);
+        // Header bytes move on in steps of bounded size, however many header-only entries there are.
+        let mut split = TarSplitter::new(RecipeStream::new(bundle.recipe.clone())?).with_raw_limit(STEP_BYTES as u64);
         let mut raw = Vec::new();
         let mut step: Vec<Seg> = Vec::new();
         let mut step_bytes = 0usize;
@@ -271,12 +272,22 @@ impl Store {
         let mut contents = Vec::new();
         let (mut files_count, mut file_bytes, mut chunk_refs) = (0u64, 0u64, 0u64);
         loop {
-            let content = split.next(&mut raw)?;
+            let next = split.next_step(&mut raw)?;
             if !raw.is_empty() {
                 step_bytes += raw.len();
                 step.push(Seg::Raw(std::mem::take(&mut raw)));
             }
-            let Some(c) = content else { break };
+            let c = match next {
+                Step::Content(c) => c,
+                Step::More => {
+                    if step_bytes >= STEP_BYTES {
+                        send(std::mem::take(&mut step))?;
+                        step_bytes = 0;
+                    }
+                    continue;
+                }
+                Step::End => break,
+            };
             let mut found = None;
             split.skip_content(|s, n| {
                 debug_assert_eq!(n, c.size);

@@ -21,7 +21,7 @@ use crate::layerobj::LayerObject;
 use crate::pack::{self, ChunkLoc, PackWriter};
 use crate::recipe::{FileRecipe, RecipeWriter};
 use crate::store::Store;
-use crate::tarsplit::{ContentKind, TarSplitter};
+use crate::tarsplit::{ContentKind, Step, TarSplitter};
 use crossbeam_channel::{bounded, Receiver};
 use rayon::prelude::*;
 use redb::ReadableTable;
@@ -120,6 +120,9 @@ const BUFFERS_KEPT: usize = 2 * BATCHES_IN_FLIGHT + PREPARED_IN_FLIGHT + 4;
 /// The walk's read buffer. Content regions larger than this are read straight
 /// into their batch's buffer.
 const READ_BUFFER: usize = 128 << 10;
+/// Header bytes the walk gathers before it moves them into the batch, so a
+/// layer of a million directories costs no more memory than one of ten.
+const RAW_LIMIT: usize = 1 << 20;
 const _: () = assert!(BATCH_BYTES + WINDOW <= batchbuf::CAPACITY);
 
 /// What the writer thread produced, to be committed.
@@ -265,7 +268,8 @@ impl Store {
         let opened = input::open(reader, counter)?;
         let (sha, tar_digest) = input::hash_beside::<Batch>(BATCHES_IN_FLIGHT)?;
         let pool = batchbuf::Pool::new(BUFFERS_KEPT);
-        let mut split = TarSplitter::new(std::io::BufReader::with_capacity(READ_BUFFER, opened.reader));
+        let mut split = TarSplitter::new(std::io::BufReader::with_capacity(READ_BUFFER, opened.reader))
+            .with_raw_limit(RAW_LIMIT as u64);
         let mut chunker = Chunker::new(self.params);
         let mut raw = Vec::new();
         let mut cur = Batch { buf: pool.take()?, pieces: Vec::new() };
@@ -278,7 +282,7 @@ impl Store {
             Ok(())
         };
         loop {
-            let content = split.next(&mut raw)?;
+            let step = split.next_step(&mut raw)?;
             // Raw bytes run on into the next buffer if need be; the recipe joins them up again.
             let mut rest = &raw[..];
             while !rest.is_empty() {
@@ -291,7 +295,11 @@ impl Store {
                 rest = &rest[n..];
             }
             raw.clear();
-            let Some(c) = content else { break };
+            let c = match step {
+                Step::Content(c) => c,
+                Step::More => continue,
+                Step::End => break,
+            };
             let at =
                 |e: Error| e.context(format!("entry {:?} at offset {}", String::from_utf8_lossy(&c.path), c.offset));
             if c.size <= WINDOW as u64 {

@@ -33,6 +33,18 @@ pub(crate) struct Content {
     pub offset: u64,
 }
 
+/// What [`TarSplitter::next_step`] found.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// A content region follows: read it through [`TarSplitter::content`].
+    Content(Content),
+    /// The raw bytes reached the limit set by [`TarSplitter::with_raw_limit`]
+    /// before the next content region: take them, and call again.
+    More,
+    /// The stream ended (the end marker and tail were appended).
+    End,
+}
+
 /// Pending extension values that apply to the next real entry.
 #[derive(Default)]
 struct Pending {
@@ -54,6 +66,10 @@ pub(crate) struct TarSplitter<R> {
     entries: u64,
     /// Most header bytes one `next` call may gather (see [`TarSplitter::with_header_limit`]).
     header_limit: u64,
+    /// Raw bytes after which `next_step` returns [`Step::More`].
+    raw_limit: u64,
+    /// Extension values read, for the entry still to come.
+    pending: Pending,
 }
 
 impl<R: Read> TarSplitter<R> {
@@ -68,7 +84,18 @@ impl<R: Read> TarSplitter<R> {
             done: false,
             entries: 0,
             header_limit: u64::MAX,
+            raw_limit: u64::MAX,
+            pending: Pending::default(),
         }
+    }
+
+    /// Have [`TarSplitter::next_step`] hand over raw bytes once it has
+    /// gathered `limit` of them, even where no content region follows yet,
+    /// so that any number of header-only entries (directories, links) in a
+    /// row costs bounded memory.
+    pub fn with_raw_limit(mut self, limit: u64) -> Self {
+        self.raw_limit = limit.max(1);
+        self
     }
 
     /// Refuse more than `limit` bytes of headers (header-only entries and
@@ -122,6 +149,18 @@ impl<R: Read> TarSplitter<R> {
     /// Append raw bytes to `raw` until the next content region (returned) or
     /// the end of the stream (`None`, with the end marker and tail appended).
     pub fn next(&mut self, raw: &mut Vec<u8>) -> Result<Option<Content>> {
+        loop {
+            match self.next_step(raw)? {
+                Step::Content(c) => return Ok(Some(c)),
+                Step::End => return Ok(None),
+                Step::More => {}
+            }
+        }
+    }
+
+    /// As [`TarSplitter::next`], but may stop early with [`Step::More`] (see
+    /// [`TarSplitter::with_raw_limit`]).
+    pub fn next_step(&mut self, raw: &mut Vec<u8>) -> Result<Step> {
         if self.remaining > 0 {
             return Err(Error::invalid("internal: content region not fully read"));
         }
@@ -131,11 +170,13 @@ impl<R: Read> TarSplitter<R> {
             self.read_exact_into(raw, pad, "the padding after an entry's data")?;
         }
         if self.done {
-            return Ok(None);
+            return Ok(Step::End);
         }
-        let mut pending = Pending::default();
         let start = raw.len();
         loop {
+            if (raw.len() - start) as u64 >= self.raw_limit {
+                return Ok(Step::More);
+            }
             let hstart = raw.len();
             let at = self.pos;
             if (hstart - start) as u64 > self.header_limit {
@@ -171,7 +212,7 @@ impl<R: Read> TarSplitter<R> {
             if h.iter().all(|&b| b == 0) {
                 self.read_tail(raw)?;
                 self.done = true;
-                return Ok(None);
+                return Ok(Step::End);
             }
             check_checksum(&h, at)?;
             let typeflag = h[156];
@@ -188,8 +229,8 @@ impl<R: Read> TarSplitter<R> {
                     self.read_exact_into(raw, len, "an extension header's data")?;
                     let data = &raw[dstart..dstart + len];
                     match typeflag {
-                        b'x' => parse_pax(data, &mut pending, at)?,
-                        b'L' => pending.path = Some(until_nul(data).to_vec()),
+                        b'x' => parse_pax(data, &mut self.pending, at)?,
+                        b'L' => self.pending.path = Some(until_nul(data).to_vec()),
                         _ => {} // global PAX records and long link names don't move data
                     }
                     let pad = padding(header_size);
@@ -209,7 +250,7 @@ impl<R: Read> TarSplitter<R> {
                     }
                 }
             }
-            let size = pending.size.unwrap_or(header_size);
+            let size = self.pending.size.unwrap_or(header_size);
             let kind = match typeflag {
                 b'0' | 0 | b'7' | b'S' => Some(ContentKind::File),
                 // Header-only types: their size field never moves data (as Go and Python read them).
@@ -218,15 +259,15 @@ impl<R: Read> TarSplitter<R> {
             };
             let Some(kind) = kind else {
                 // Extension records apply to the one entry after them, data or not.
-                pending = Pending::default();
+                self.pending = Pending::default();
                 continue;
             };
-            let path = pending.path.take().unwrap_or_else(|| header_path(&h));
+            let path = std::mem::take(&mut self.pending).path.unwrap_or_else(|| header_path(&h));
             self.remaining = size;
             self.pad = padding(size);
             self.region_start = self.pos;
             self.region_size = size;
-            return Ok(Some(Content { kind, size, path, offset: self.pos }));
+            return Ok(Step::Content(Content { kind, size, path, offset: self.pos }));
         }
     }
 
@@ -487,8 +528,8 @@ mod tests {
         assert_eq!((c.path.as_slice(), c.size), (&b"f.txt"[..], 2));
     }
 
-    #[test]
-    fn header_limit_bounds_header_only_runs() {
+    /// A tar builder holding ten directory entries.
+    fn ten_dirs() -> tar::Builder<Vec<u8>> {
         let mut b = tar::Builder::new(Vec::new());
         for i in 0..10 {
             let mut h = tar::Header::new_ustar();
@@ -496,10 +537,49 @@ mod tests {
             h.set_size(0);
             b.append_data(&mut h, format!("d{i}/"), &[][..]).unwrap();
         }
+        b
+    }
+
+    #[test]
+    fn header_limit_bounds_header_only_runs() {
+        let b = ten_dirs();
         let tar = b.into_inner().unwrap();
         assert!(TarSplitter::new(&tar[..]).next(&mut Vec::new()).unwrap().is_none());
         let e = TarSplitter::new(&tar[..]).with_header_limit(4 * 512).next(&mut Vec::new()).unwrap_err();
         assert!(e.to_string().contains("bytes of headers"), "{e}");
+    }
+
+    /// With a raw limit, a run of header-only entries comes out in parts of
+    /// about that size, which together are the bytes `next` gives at once;
+    /// extension records read before a part ends still apply after it.
+    #[test]
+    fn raw_limit_hands_over_header_runs_in_parts() {
+        let mut b = ten_dirs();
+        b.append_pax_extensions([("path", &b"the-real-name"[..])]).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_size(2);
+        b.append_data(&mut h, "f.txt", &b"hi"[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+
+        let mut whole = Vec::new();
+        let c = TarSplitter::new(&tar[..]).next(&mut whole).unwrap().unwrap();
+        let mut s = TarSplitter::new(&tar[..]).with_raw_limit(1500);
+        let (mut parts, mut raw) = (0, Vec::new());
+        let c2 = loop {
+            let before = raw.len();
+            match s.next_step(&mut raw).unwrap() {
+                Step::More => {
+                    assert!(raw.len() - before >= 1500 && raw.len() - before < 1500 + 512);
+                    parts += 1;
+                }
+                Step::Content(c) => break c,
+                Step::End => panic!("the file was not found"),
+            }
+        };
+        assert!(parts >= 3, "{parts} parts");
+        assert_eq!(raw, whole);
+        assert_eq!((c2.path, c2.size, c2.offset), (c.path, c.size, c.offset));
+        assert_eq!(c2.offset, tar.len() as u64 - 1024 - 512);
     }
 
     #[test]

@@ -550,3 +550,70 @@ fn ingest_checks_the_digests_it_is_given() {
     let o = run(&["--digest", "sha256:abc", gz_path.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{o:?}");
 }
+
+/// A layer of 400,000 directories (205 MB of headers and no content to speak
+/// of) streams through in bounded memory: header bytes move on in parts
+/// instead of gathering until the next file. Before, peak RSS grew with the
+/// headers (309 MiB for 300,000).
+#[test]
+fn header_only_entries_cost_bounded_memory() {
+    let dir = tmp();
+    let d = dir.path();
+    let tar = d.join("dirs.tar");
+    let mut hasher = sha2::Sha256::new();
+    {
+        struct Tee<'a>(std::io::BufWriter<std::fs::File>, &'a mut sha2::Sha256);
+        impl std::io::Write for Tee<'_> {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                let n = self.0.write(b)?;
+                self.1.update(&b[..n]);
+                Ok(n)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                self.0.flush()
+            }
+        }
+        let out = Tee(std::io::BufWriter::new(std::fs::File::create(&tar).unwrap()), &mut hasher);
+        let mut b = tar::Builder::new(out);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_size(0);
+        h.set_mode(0o755);
+        for i in 0..400_000 {
+            b.append_data(&mut h.clone(), format!("d{i:07}/"), &[][..]).unwrap();
+        }
+        let mut f = tar::Header::new_gnu();
+        f.set_size(5);
+        f.set_mode(0o644);
+        b.append_data(&mut f, "last", &b"hello"[..]).unwrap();
+        b.into_inner().unwrap().0.into_inner().unwrap().sync_all().unwrap();
+    }
+    let want = format!("sha256:{}", hex::encode(hasher.finalize()));
+    let store = d.join("store");
+    // The child's peak RSS, as the kernel counts it (KiB on Linux).
+    let script = "import resource, subprocess, sys\n\
+                  r = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE)\n\
+                  print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n\
+                  sys.stdout.write(r.stdout.decode())";
+    let o = Command::new("python3")
+        .args(["-c", script])
+        .arg(bin())
+        .arg("--store")
+        .arg(&store)
+        .args(["ingest", "--json"])
+        .arg(&tar)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let (first, json) = out.split_once('\n').unwrap();
+    let (code, rss_kib) = first.split_once(' ').unwrap();
+    assert_eq!(code, "0", "ingest failed: {}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(v[0]["id"], want.as_str());
+    assert_eq!(v[0]["entries"], 400_001);
+    let rss_mib = rss_kib.parse::<u64>().unwrap() / 1024;
+    assert!(rss_mib < 160, "peak RSS {rss_mib} MiB for 205 MB of headers");
+    let back = Command::new(bin()).arg("--store").arg(&store).args(["export", &want, "-o", "-"]).output().unwrap();
+    assert!(back.status.success());
+    assert_eq!(diff_id(&back.stdout), want, "the layer rebuilds exactly");
+}
