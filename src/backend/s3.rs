@@ -227,68 +227,11 @@ impl S3Backend {
     /// default `$CHUNKSTORE_CA_CERT`), `timeout_s` (longest one request may
     /// take, default 60). The bucket must exist.
     pub fn open(url: &str, mut opts: S3Options) -> Result<Self> {
-        use object_store::aws::AmazonS3Builder;
         // An https endpoint goes through reqwest's rustls, which needs a
         // process-wide crypto provider; an error only means one is installed.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let u = parse_url(url)?;
-        let mut b = AmazonS3Builder::from_env().with_bucket_name(&u.bucket);
-        let mut endpoint = std::env::var("AWS_ENDPOINT_URL").ok().or_else(|| std::env::var("AWS_ENDPOINT").ok());
-        let mut region = None;
-        let mut ca_cert = std::env::var_os("CHUNKSTORE_CA_CERT").filter(|v| !v.is_empty()).map(PathBuf::from);
-        let num = |k: &str, v: &str| -> Result<u64> {
-            v.parse().map_err(|_| Error::invalid(format!("s3 URL parameter {k}={v:?} is not a number")))
-        };
-        let flag = |k: &str, v: &str| -> Result<bool> {
-            match v {
-                "" | "1" | "true" | "yes" => Ok(true),
-                "0" | "false" | "no" => Ok(false),
-                _ => Err(Error::invalid(format!("s3 URL parameter {k}={v:?} is not true or false"))),
-            }
-        };
-        for (k, v) in &u.params {
-            match k.as_str() {
-                "endpoint" => endpoint = Some(v.clone()),
-                "region" => region = Some(v.clone()),
-                "cache_mb" => opts.cache_bytes = num(k, v)? << 20,
-                "block_kb" => opts.block_size = (num(k, v)? << 10).max(64 << 10),
-                "readahead" => opts.readahead = num(k, v)?,
-                "multipart_mb" => opts.multipart_threshold = num(k, v)? << 20,
-                "virtual_hosted" => b = b.with_virtual_hosted_style_request(flag(k, v)?),
-                "read_only" => opts.read_only = flag(k, v)?,
-                "ca_cert" => ca_cert = Some(PathBuf::from(v)),
-                "timeout_s" => opts.request_timeout = Duration::from_secs(num(k, v)?.max(1)),
-                _ => return Err(Error::invalid(format!("unknown s3 URL parameter {k:?}"))),
-            }
-        }
-        if let Some(ep) = &endpoint {
-            b = b.with_endpoint(ep.trim_end_matches('/')).with_allow_http(ep.starts_with("http://"));
-            if ep.starts_with("http://") {
-                // No TLS: skip loading the system's root certificates (~0.1 s a process).
-                b = b.with_http_connector(PlainHttp { timeout: opts.request_timeout });
-            } else if let Some(path) = &ca_cert {
-                // A private CA (an on-site Ceph or MinIO): trusted beside the system's roots.
-                let pem =
-                    std::fs::read(path).map_err(|e| Error::io(format!("reading CA file {}", path.display()), e))?;
-                let certs = object_store::Certificate::from_pem_bundle(&pem)
-                    .ok()
-                    .filter(|c| !c.is_empty())
-                    .ok_or_else(|| Error::invalid(format!("{} holds no PEM certificate", path.display())))?;
-                let client =
-                    certs.into_iter().fold(object_store::ClientOptions::new(), |o, c| o.with_root_certificate(c));
-                b = b.with_client_options(client);
-            }
-        }
-        // As a setting, so the client settings `from_env` read (a proxy, …) stay.
-        let timeout = format!("{}s", opts.request_timeout.as_secs().max(1));
-        b = b
-            .with_config(object_store::aws::AmazonS3ConfigKey::Client(object_store::ClientConfigKey::Timeout), timeout);
-        let has_region = std::env::var_os("AWS_REGION").is_some() || std::env::var_os("AWS_DEFAULT_REGION").is_some();
-        match region {
-            Some(r) => b = b.with_region(r),
-            None if !has_region => b = b.with_region("us-east-1"),
-            None => {}
-        }
+        let b = configure(&u, &mut opts)?;
         let retry = object_store::RetryConfig {
             backoff: object_store::BackoffConfig {
                 init_backoff: Duration::from_millis(100),
@@ -790,6 +733,76 @@ mod cache;
 use cache::{BlockCache, Lookup};
 mod http;
 use http::PlainHttp;
+
+/// The client an `s3://` URL asks for (see [`S3Backend::open`]), without its
+/// retry policy; the URL's parameters may change `opts`.
+fn configure(u: &S3Url, opts: &mut S3Options) -> Result<object_store::aws::AmazonS3Builder> {
+    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+
+    let mut b = AmazonS3Builder::from_env().with_bucket_name(&u.bucket);
+    let mut endpoint = std::env::var("AWS_ENDPOINT_URL").ok().or_else(|| std::env::var("AWS_ENDPOINT").ok());
+    let mut region = None;
+    let mut ca_cert = std::env::var_os("CHUNKSTORE_CA_CERT").filter(|v| !v.is_empty()).map(PathBuf::from);
+    let num = |k: &str, v: &str| -> Result<u64> {
+        v.parse().map_err(|_| Error::invalid(format!("s3 URL parameter {k}={v:?} is not a number")))
+    };
+    let flag = |k: &str, v: &str| -> Result<bool> {
+        match v {
+            "" | "1" | "true" | "yes" => Ok(true),
+            "0" | "false" | "no" => Ok(false),
+            _ => Err(Error::invalid(format!("s3 URL parameter {k}={v:?} is not true or false"))),
+        }
+    };
+    for (k, v) in &u.params {
+        match k.as_str() {
+            "endpoint" => endpoint = Some(v.clone()),
+            "region" => region = Some(v.clone()),
+            "cache_mb" => opts.cache_bytes = num(k, v)? << 20,
+            "block_kb" => opts.block_size = (num(k, v)? << 10).max(64 << 10),
+            "readahead" => opts.readahead = num(k, v)?,
+            "multipart_mb" => opts.multipart_threshold = num(k, v)? << 20,
+            "virtual_hosted" => b = b.with_virtual_hosted_style_request(flag(k, v)?),
+            "read_only" => opts.read_only = flag(k, v)?,
+            "ca_cert" => ca_cert = Some(PathBuf::from(v)),
+            "timeout_s" => opts.request_timeout = Duration::from_secs(num(k, v)?.max(1)),
+            _ => return Err(Error::invalid(format!("unknown s3 URL parameter {k:?}"))),
+        }
+    }
+    if let Some(ep) = &endpoint {
+        b = b.with_endpoint(ep.trim_end_matches('/')).with_allow_http(ep.starts_with("http://"));
+        if ep.starts_with("http://") {
+            // No TLS: skip loading the system's root certificates (~0.1 s a process).
+            b = b.with_http_connector(PlainHttp { timeout: opts.request_timeout });
+        } else if let Some(path) = &ca_cert {
+            // A private CA (an on-site Ceph or MinIO): trusted beside the system's roots.
+            let pem = std::fs::read(path).map_err(|e| Error::io(format!("reading CA file {}", path.display()), e))?;
+            let certs = object_store::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| Error::invalid(format!("{} holds no PEM certificate", path.display())))?;
+            let client = certs.into_iter().fold(object_store::ClientOptions::new(), |o, c| o.with_root_certificate(c));
+            b = b.with_client_options(client);
+            // That replaced every client setting: put back those the AWS_* variables gave (a proxy, …).
+            for (k, v) in std::env::vars() {
+                if let Some(key @ AmazonS3ConfigKey::Client(_)) =
+                    k.starts_with("AWS_").then(|| k.to_ascii_lowercase().parse().ok()).flatten()
+                {
+                    b = b.with_config(key, v);
+                }
+            }
+        }
+    }
+    // As a setting, so the client settings `from_env` read (a proxy, …) stay.
+    let timeout = format!("{}s", opts.request_timeout.as_secs().max(1));
+    b = b.with_config(AmazonS3ConfigKey::Client(object_store::ClientConfigKey::Timeout), timeout);
+    let has_region = std::env::var_os("AWS_REGION").is_some() || std::env::var_os("AWS_DEFAULT_REGION").is_some();
+    match region {
+        Some(r) => b = b.with_region(r),
+        None if !has_region => b = b.with_region("us-east-1"),
+        None => {}
+    }
+    Ok(b)
+}
 
 #[cfg(test)]
 mod tests;

@@ -329,3 +329,24 @@ fn a_layer_committed_again_keeps_the_other_writers_blobs() {
     assert_eq!(third.resolve_layer(&blob.to_string()).unwrap(), first.id);
     assert!(third.verify(Default::default()).unwrap().is_clean());
 }
+
+/// A private CA (`ca_cert=`) replaces the client's TLS roots, not the other
+/// client settings the AWS_* variables give, such as a proxy.
+#[test]
+fn a_private_ca_keeps_the_client_settings_from_the_environment() {
+    use object_store::aws::AmazonS3ConfigKey;
+    use object_store::ClientConfigKey;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let cert = rcgen::generate_simple_self_signed(vec!["s3.example".to_string()]).unwrap();
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    // nextest runs each test in a process of its own.
+    std::env::set_var("AWS_PROXY_URL", "http://proxy.example:3128");
+    let url = format!("s3://b?endpoint=https%3A%2F%2Fs3.example&ca_cert={}&timeout_s=7", ca.display());
+    let b = configure(&parse_url(&url).unwrap(), &mut S3Options::default());
+    std::env::remove_var("AWS_PROXY_URL");
+    let b = b.unwrap();
+    let client = |k| b.get_config_value(&AmazonS3ConfigKey::Client(k));
+    assert_eq!(client(ClientConfigKey::ProxyUrl).as_deref(), Some("http://proxy.example:3128"));
+    assert_eq!(client(ClientConfigKey::Timeout).as_deref(), Some("7s"));
+}
