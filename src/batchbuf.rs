@@ -19,6 +19,10 @@ use std::sync::{Arc, Mutex};
 /// batch is sent once it holds `BATCH_BYTES`, so this must exceed that plus
 /// the largest region held whole (`chunker::WINDOW`).
 pub(crate) const CAPACITY: usize = 16 << 20;
+/// A buffer that has held more than this goes back to the system, not to the
+/// pool: its pages stay touched, and a pool of such buffers would keep a
+/// large region's worth of memory per buffer for the rest of the ingest.
+const KEEP_TOUCHED: usize = 4 << 20;
 
 /// Hands out buffers, and takes them back when their batch is dropped.
 #[derive(Clone)]
@@ -27,7 +31,8 @@ pub(crate) struct Pool {
 }
 
 struct Spare {
-    maps: Vec<MmapMut>,
+    /// Idle maps and how much of each has ever been written.
+    maps: Vec<(MmapMut, usize)>,
     keep: usize,
 }
 
@@ -40,14 +45,17 @@ impl Pool {
     /// An empty buffer: the spare one returned last, or a new map.
     pub fn take(&self) -> Result<Buffer> {
         let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).maps.pop();
-        let map = match spare {
+        let (map, touched) = match spare {
             Some(m) => m,
-            None => MmapOptions::new()
-                .len(CAPACITY)
-                .map_anon()
-                .map_err(|e| Error::io("mapping memory for an ingest batch", e))?,
+            None => (
+                MmapOptions::new()
+                    .len(CAPACITY)
+                    .map_anon()
+                    .map_err(|e| Error::io("mapping memory for an ingest batch", e))?,
+                0,
+            ),
         };
-        Ok(Buffer { map: Some(map), len: 0, home: self.clone() })
+        Ok(Buffer { map: Some(map), len: 0, touched, home: self.clone() })
     }
 }
 
@@ -56,6 +64,8 @@ pub(crate) struct Buffer {
     /// `None` only while being dropped.
     map: Option<MmapMut>,
     len: usize,
+    /// How much of the map any use has written.
+    touched: usize,
     home: Pool,
 }
 
@@ -106,10 +116,11 @@ impl Buffer {
 
 impl Drop for Buffer {
     fn drop(&mut self) {
-        if let Some(m) = self.map.take() {
+        let touched = self.touched.max(self.len);
+        if let Some(m) = self.map.take().filter(|_| touched <= KEEP_TOUCHED) {
             let mut spare = self.home.spare.lock().unwrap_or_else(|p| p.into_inner());
             if spare.maps.len() < spare.keep {
-                spare.maps.push(m);
+                spare.maps.push((m, touched));
             } // else unmapped here
         }
     }
@@ -142,6 +153,12 @@ mod tests {
         let again = pool.take().unwrap();
         assert_eq!(again.len(), 0, "a recycled buffer starts empty");
         assert_eq!(again.map().as_ptr(), first, "the buffer returned first is the one kept");
+        assert!(pool.spare.lock().unwrap().maps.is_empty());
+        // One that held a large region is not kept.
+        drop(again);
+        let mut big = pool.take().unwrap();
+        big.append_with(KEEP_TOUCHED + 1, |_| Ok(())).unwrap();
+        drop(big);
         assert!(pool.spare.lock().unwrap().maps.is_empty());
     }
 }
