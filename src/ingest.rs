@@ -297,7 +297,12 @@ impl Store {
             raw.clear();
             let c = match step {
                 Step::Content(c) => c,
-                Step::More => continue,
+                Step::More => {
+                    if cur.buf.len() >= BATCH_BYTES {
+                        ship(&mut cur)?;
+                    }
+                    continue;
+                }
                 Step::End => break,
             };
             let at =

@@ -87,36 +87,54 @@ fn the_layer_object_written_is_the_one_the_index_gives() {
     assert_eq!(obj.blobs.len(), 2, "the gzip and the zstd blob both name the layer");
 }
 
-/// Header bytes longer than a batch buffer holds (here 40,000 directories
-/// before a file) run on into the next buffer, and the layer rebuilds
-/// exactly, with one raw item for them in its recipe as before.
+/// Header bytes by the megabyte (here 40,000 directories before a file) go
+/// through in parts and batches, and the layer rebuilds exactly, with one
+/// raw item for them in its recipe as before; bytes after the end marker
+/// longer than a batch buffer's room run on into the next buffer.
 #[test]
-fn a_header_run_longer_than_a_batch_buffer() {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Directory);
-    h.set_size(0);
-    h.set_mode(0o755);
-    for i in 0..40_000 {
-        b.append_data(&mut h.clone(), format!("d{i}/"), &[][..]).unwrap();
-    }
-    let data = noise(70_000, 9);
-    let mut f = tar::Header::new_gnu();
-    f.set_size(data.len() as u64);
-    f.set_mode(0o644);
-    b.append_data(&mut f, "file", &data[..]).unwrap();
-    let tar = b.into_inner().unwrap();
-    assert!(tar.len() > batchbuf::CAPACITY, "the headers alone overflow a buffer");
-
+fn long_header_runs_and_tails() {
+    let dirs = |n: usize| {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_size(0);
+        h.set_mode(0o755);
+        for i in 0..n {
+            b.append_data(&mut h.clone(), format!("d{i}/"), &[][..]).unwrap();
+        }
+        b
+    };
+    let file = |b: &mut tar::Builder<Vec<u8>>, data: &[u8]| {
+        let mut f = tar::Header::new_gnu();
+        f.set_size(data.len() as u64);
+        f.set_mode(0o644);
+        b.append_data(&mut f, "file", data).unwrap();
+    };
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let s = store.ingest(&tar[..], &IngestOptions::default()).unwrap();
+    let round_trip = |tar: &[u8]| {
+        let s = store.ingest(tar, &IngestOptions::default()).unwrap();
+        let mut back = Vec::new();
+        store.export(&s.layer.id, &mut back).unwrap();
+        assert!(back == tar, "the layer rebuilds exactly");
+        let recipe = store.db.begin_read().unwrap().open_table(RECIPES).unwrap();
+        let recipe = recipe.get(&s.layer.id.as_bytes()[..]).unwrap().unwrap().value().to_vec();
+        let items: Vec<_> = crate::recipe::RecipeReader::new(recipe).unwrap().collect::<Result<_>>().unwrap();
+        (s, items.len())
+    };
+
+    let mut b = dirs(40_000);
+    file(&mut b, &noise(70_000, 9));
+    let (s, items) = round_trip(&b.into_inner().unwrap());
     assert_eq!((s.layer.entries, s.layer.files), (40_001, 1));
-    let mut back = Vec::new();
-    store.export(&s.layer.id, &mut back).unwrap();
-    assert!(back == tar, "the layer rebuilds exactly");
-    let recipe = store.db.begin_read().unwrap().open_table(RECIPES).unwrap();
-    let recipe = recipe.get(&s.layer.id.as_bytes()[..]).unwrap().unwrap().value().to_vec();
-    let items: Vec<_> = crate::recipe::RecipeReader::new(recipe).unwrap().collect::<Result<_>>().unwrap();
-    assert_eq!(items.len(), 3, "headers, the file, the padding and end marker: {} items", items.len());
+    assert_eq!(items, 3, "headers, the file, then its padding and the end marker");
+
+    let mut b = dirs(10);
+    file(&mut b, &noise(1 << 20, 10));
+    let mut tar = b.into_inner().unwrap();
+    tar.extend(noise(crate::tarsplit::MAX_TAIL as usize - 4096, 11));
+    assert!(tar.len() > batchbuf::CAPACITY);
+    let (s, items) = round_trip(&tar);
+    assert_eq!((s.layer.entries, s.layer.files), (11, 1));
+    assert_eq!(items, 3);
 }
