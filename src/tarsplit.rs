@@ -68,6 +68,9 @@ pub(crate) struct TarSplitter<R> {
     header_limit: u64,
     /// Raw bytes after which `next_step` returns [`Step::More`].
     raw_limit: u64,
+    /// Header bytes handed over since the last content region, in earlier
+    /// [`Step::More`] parts (counted against `header_limit`).
+    header_run: u64,
     /// Extension values read, for the entry still to come.
     pending: Pending,
 }
@@ -85,6 +88,7 @@ impl<R: Read> TarSplitter<R> {
             entries: 0,
             header_limit: u64::MAX,
             raw_limit: u64::MAX,
+            header_run: 0,
             pending: Pending::default(),
         }
     }
@@ -173,17 +177,20 @@ impl<R: Read> TarSplitter<R> {
             return Ok(Step::End);
         }
         let start = raw.len();
+        let too_many_headers = |s: &Self, raw: &Vec<u8>, at: u64| {
+            (s.header_run + (raw.len() - start) as u64 > s.header_limit).then(|| {
+                Error::invalid(format!("more than {} bytes of headers before the entry at offset {at}", s.header_limit))
+            })
+        };
         loop {
             if (raw.len() - start) as u64 >= self.raw_limit {
+                self.header_run += (raw.len() - start) as u64;
                 return Ok(Step::More);
             }
             let hstart = raw.len();
             let at = self.pos;
-            if (hstart - start) as u64 > self.header_limit {
-                return Err(Error::invalid(format!(
-                    "more than {} bytes of headers before the entry at offset {at}",
-                    self.header_limit
-                )));
+            if let Some(e) = too_many_headers(self, raw, at) {
+                return Err(e);
             }
             let n = {
                 raw.resize(hstart + BLOCK, 0);
@@ -241,8 +248,19 @@ impl<R: Read> TarSplitter<R> {
             }
             self.entries += 1;
             if typeflag == b'S' && h[482] != 0 {
-                // Old GNU sparse: extension blocks of sparse maps follow the header.
+                // Old GNU sparse: extension blocks of sparse maps follow the header
+                // (21 holes each), bounded like the other extension records.
+                let mut blocks = 0u64;
                 loop {
+                    blocks += 1;
+                    if blocks * BLOCK as u64 > MAX_EXTENSION {
+                        return Err(Error::invalid(format!(
+                            "oversized GNU sparse map at offset {at}: more than {MAX_EXTENSION} bytes"
+                        )));
+                    }
+                    if let Some(e) = too_many_headers(self, raw, at) {
+                        return Err(e);
+                    }
                     let s = raw.len();
                     self.read_exact_into(raw, BLOCK, "a GNU sparse extension block")?;
                     if raw[s + 504] == 0 {
@@ -267,6 +285,7 @@ impl<R: Read> TarSplitter<R> {
             self.pad = padding(size);
             self.region_start = self.pos;
             self.region_size = size;
+            self.header_run = 0;
             return Ok(Step::Content(Content { kind, size, path, offset: self.pos }));
         }
     }
@@ -546,6 +565,40 @@ mod tests {
         let tar = b.into_inner().unwrap();
         assert!(TarSplitter::new(&tar[..]).next(&mut Vec::new()).unwrap().is_none());
         let e = TarSplitter::new(&tar[..]).with_header_limit(4 * 512).next(&mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("bytes of headers"), "{e}");
+    }
+
+    /// A GNU sparse header's chain of extension blocks is bounded like any
+    /// extension record, and counts against a header limit, with or without
+    /// a raw limit (a forged chain made one step gather 10 MB).
+    #[test]
+    fn sparse_extension_chains_are_bounded() {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::GNUSparse);
+        h.set_size(0);
+        h.as_mut_bytes()[482] = 1; // "is extended"
+        h.set_cksum();
+        let mut tar = h.as_bytes().to_vec();
+        let mut ext = [0u8; 512];
+        ext[504] = 1;
+        for _ in 0..3000 {
+            tar.extend_from_slice(&ext);
+        }
+        let e = TarSplitter::new(&tar[..]).next(&mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("oversized GNU sparse map at offset 0"), "{e}");
+        let e = TarSplitter::new(&tar[..]).with_header_limit(8 * 512).next(&mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("bytes of headers"), "{e}");
+        // The header limit holds across the parts a raw limit makes.
+        let dirs = ten_dirs().into_inner().unwrap();
+        let mut s = TarSplitter::new(&dirs[..]).with_raw_limit(1024).with_header_limit(4 * 512);
+        let mut raw = Vec::new();
+        let e = loop {
+            match s.next_step(&mut raw) {
+                Ok(Step::More) => {}
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => break e,
+            }
+        };
         assert!(e.to_string().contains("bytes of headers"), "{e}");
     }
 
