@@ -340,12 +340,9 @@ fn a_private_ca_keeps_the_client_settings_from_the_environment() {
     let ca = dir.path().join("ca.pem");
     let cert = rcgen::generate_simple_self_signed(vec!["s3.example".to_string()]).unwrap();
     std::fs::write(&ca, cert.cert.pem()).unwrap();
-    // nextest runs each test in a process of its own.
-    std::env::set_var("AWS_PROXY_URL", "http://proxy.example:3128");
+    let env = [("AWS_PROXY_URL".to_string(), "http://proxy.example:3128".to_string())];
     let url = format!("s3://b?endpoint=https%3A%2F%2Fs3.example&ca_cert={}&timeout_s=7", ca.display());
-    let b = configure(&parse_url(&url).unwrap(), &mut S3Options::default());
-    std::env::remove_var("AWS_PROXY_URL");
-    let b = b.unwrap();
+    let b = configure(&parse_url(&url).unwrap(), &mut S3Options::default(), &env).unwrap();
     let client = |k| b.get_config_value(&AmazonS3ConfigKey::Client(k));
     assert_eq!(client(ClientConfigKey::ProxyUrl).as_deref(), Some("http://proxy.example:3128"));
     assert_eq!(client(ClientConfigKey::Timeout).as_deref(), Some("7s"));
