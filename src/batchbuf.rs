@@ -6,8 +6,9 @@
 //! Buffers are anonymous maps that go back to a pool when their batch is done
 //! with, and the pool hands out the one returned last: its pages are the
 //! ones most recently touched, so a long ingest cycles through as little
-//! memory as the pipeline needs, and after the first few batches makes no
-//! page faults. Fresh pages are faulted in a megabyte at a time
+//! memory as the pipeline needs, and once the pool is warm a batch of the
+//! usual size makes no page faults (a buffer that held more than
+//! `KEEP_TOUCHED` is unmapped instead). Fresh pages are faulted in a megabyte at a time
 //! (`MADV_POPULATE_WRITE`), not one exception per 4 KiB page: half of
 //! base.tar's 16,000 page faults were these. (Huge pages were tried:
 //! zeroing 2 MiB per first touch cost a small layer more than the faults

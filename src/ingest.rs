@@ -18,8 +18,8 @@ use crate::index::{self, LayerInfo, PackInfo, BLOBS, CHUNKS, FILES, LAYERS, LAYE
 use crate::input;
 use crate::layermap::{LayerMap, MapEntry};
 use crate::layerobj::LayerObject;
-use crate::pack::{self, ChunkLoc, PackWriter};
-use crate::recipe::{FileRecipe, RecipeWriter};
+use crate::pack::{self, ChunkLoc};
+use crate::recipe::FileRecipe;
 use crate::store::Store;
 use crate::tarsplit::{ContentKind, Step, TarSplitter};
 use crossbeam_channel::{bounded, Receiver};
@@ -121,7 +121,9 @@ const BUFFERS_KEPT: usize = 2 * BATCHES_IN_FLIGHT + PREPARED_IN_FLIGHT + 4;
 /// into their batch's buffer.
 const READ_BUFFER: usize = 128 << 10;
 /// Header bytes the walk gathers before it moves them into the batch, so a
-/// layer of a million directories costs no more memory than one of ten.
+/// run of header-only entries (a million directories) costs bounded memory:
+/// this much here, and at most one recipe item (`recipe::MAX_RAW`) in the
+/// recipe writer.
 const RAW_LIMIT: usize = 1 << 20;
 const _: () = assert!(BATCH_BYTES + WINDOW <= batchbuf::CAPACITY);
 
@@ -276,7 +278,10 @@ impl Store {
         // Ship the batch being filled (to the hashing thread and the writer) and start the next.
         let mut ship = |cur: &mut Batch| -> Result<()> {
             let full = Arc::new(std::mem::replace(cur, Batch { buf: pool.take()?, pieces: Vec::new() }));
-            if sha.send(full.clone()).is_err() || !send(full) {
+            if sha.send(full.clone()).is_err() {
+                return Err(Error::io("the hashing thread stopped", std::io::Error::other("hashing stopped")));
+            }
+            if !send(full) {
                 return Err(Error::io("the writer thread stopped", std::io::Error::other("writer stopped")));
             }
             Ok(())
@@ -347,7 +352,10 @@ impl Store {
         let tar_size = split.position();
         drop(split);
         let (sha, hashed) = tar_digest.finish();
-        debug_assert_eq!(hashed, tar_size);
+        // The diff_id is only right if every byte the walk consumed went into a batch.
+        if hashed != tar_size {
+            return Err(Error::corrupt(format!("internal: hashed {hashed} bytes of a {tar_size}-byte tar")));
+        }
         let blob = opened.blob_digest.map(|d| BlobDigest::from_bytes(d.finish().0));
         Ok(Walk {
             info: LayerInfo {
@@ -489,194 +497,6 @@ impl Store {
             done[i] = Done::PartsEnd(id, known_files.get(&id.as_bytes()[..])?.is_some());
         }
         Ok(done)
-    }
-
-    /// The packer thread: packs each prepared batch's new chunks and writes
-    /// its file recipes and layer recipe entries, in stream order.
-    fn pack_batches(&self, rx: Receiver<Prepared>) -> Result<Written> {
-        let mut st = PackerState {
-            w: Written::default(),
-            pack: None,
-            recipe: RecipeWriter::new()?,
-            chunk_counts: HashMap::new(),
-            streamed_chunks: Vec::new(),
-        };
-        let result = (|| -> Result<()> {
-            for p in rx {
-                self.pack_batch(&mut st, p)?;
-            }
-            if let Some(pw) = st.pack.take() {
-                self.seal(pw, &mut st.w)?;
-            }
-            Ok(())
-        })();
-        match result {
-            Ok(()) => {
-                let mut w = st.w;
-                w.recipe = st.recipe.finish()?;
-                Ok(w)
-            }
-            Err(e) => {
-                self.unpublish_packs(&st.w.packs);
-                if let Some(pw) = st.pack.take() {
-                    self.discard(pw);
-                }
-                Err(e)
-            }
-        }
-    }
-
-    fn pack_batch(&self, st: &mut PackerState, p: Prepared) -> Result<()> {
-        let Prepared { batch, mut done } = p;
-        // What this batch claimed, by id: packed at its first sighting in stream order.
-        let mut files_here: HashMap<FileId, usize> = HashMap::new();
-        let mut chunks_here: HashMap<ChunkId, (usize, usize)> = HashMap::new();
-        for (i, d) in done.iter().enumerate() {
-            match d {
-                Done::New(id, cuts) => {
-                    files_here.insert(*id, i);
-                    for (k, c) in cuts.iter().enumerate() {
-                        if c.stored.is_some() {
-                            chunks_here.insert(c.id, (i, k));
-                        }
-                    }
-                }
-                Done::Part(c) if c.stored.is_some() => {
-                    chunks_here.insert(c.id, (i, 0));
-                }
-                _ => {}
-            }
-        }
-        for i in 0..batch.pieces.len() {
-            let (id, n) = match &done[i] {
-                Done::Skip => {
-                    if let Piece::Raw(r) = &batch.pieces[i] {
-                        st.recipe.raw(batch.buf.get(r))?;
-                    }
-                    continue;
-                }
-                Done::Part(c) => {
-                    let (cid, len) = (c.id, c.len as u32);
-                    self.pack_chunk(st, &batch, &mut done, &mut chunks_here, cid)?;
-                    st.streamed_chunks.push((cid, len));
-                    continue;
-                }
-                Done::Indexed(id, n) => (*id, *n),
-                Done::Claimed(id) | Done::New(id, _) => {
-                    let id = *id;
-                    let n = match (st.chunk_counts.get(&id), files_here.get(&id)) {
-                        (Some(n), _) => *n,
-                        // The first sighting of content this batch claimed.
-                        (None, Some(&j)) => self.pack_file(st, &batch, &mut done, &mut chunks_here, j)?,
-                        (None, None) => unreachable!("claimed content is packed in its claimer's batch"),
-                    };
-                    (id, n)
-                }
-                Done::PartsEnd(id, indexed) => {
-                    let (id, indexed) = (*id, *indexed);
-                    let chunks = std::mem::take(&mut st.streamed_chunks);
-                    let n = chunks.len() as u64;
-                    if !st.chunk_counts.contains_key(&id) {
-                        if !indexed {
-                            let size = chunks.iter().map(|c| c.1 as u64).sum();
-                            st.w.files.insert(id, FileRecipe { size, chunks });
-                        }
-                        st.chunk_counts.insert(id, n);
-                    }
-                    (id, n)
-                }
-            };
-            let (kind, path, size) = match &batch.pieces[i] {
-                Piece::Whole { kind, path, data } => (*kind, path, data.len() as u64),
-                Piece::PartsEnd { kind, path, size } => (*kind, path, *size),
-                _ => unreachable!("only whole regions and streamed ends are content"),
-            };
-            match kind {
-                ContentKind::File => {
-                    st.w.files_count += 1;
-                    st.w.file_bytes += size;
-                    st.recipe.file(&id, size, path)?;
-                }
-                ContentKind::Data => st.recipe.data(&id, size)?,
-            }
-            st.w.chunk_refs += n;
-            st.w.contents.push(id);
-        }
-        Ok(())
-    }
-
-    /// Pack the chunks of the whole region `batch[j]`, which this batch
-    /// claimed, and record its file recipe; returns its chunk count.
-    fn pack_file(
-        &self,
-        st: &mut PackerState,
-        batch: &Batch,
-        done: &mut [Done],
-        chunks_here: &mut HashMap<ChunkId, (usize, usize)>,
-        j: usize,
-    ) -> Result<u64> {
-        let Done::New(id, cuts) = &done[j] else { unreachable!("files_here names claimed regions") };
-        let id = *id;
-        let list: Vec<(ChunkId, u32)> = cuts.iter().map(|c| (c.id, c.len as u32)).collect();
-        for (cid, _) in &list {
-            self.pack_chunk(st, batch, done, chunks_here, *cid)?;
-        }
-        let n = list.len() as u64;
-        st.w.files.insert(id, FileRecipe { size: batch.data(&batch.pieces[j]).len() as u64, chunks: list });
-        st.chunk_counts.insert(id, n);
-        Ok(n)
-    }
-
-    /// Pack chunk `id` if this is its first sighting and this batch claimed it.
-    fn pack_chunk(
-        &self,
-        st: &mut PackerState,
-        batch: &Batch,
-        done: &mut [Done],
-        chunks_here: &mut HashMap<ChunkId, (usize, usize)>,
-        id: ChunkId,
-    ) -> Result<()> {
-        let Some((j, k)) = chunks_here.remove(&id) else {
-            return Ok(()); // packed already, or held by the index
-        };
-        let c = match &mut done[j] {
-            Done::New(_, cuts) => &mut cuts[k],
-            Done::Part(c) => c,
-            _ => unreachable!("chunks_here names cuts"),
-        };
-        let stored = c.stored.take().expect("claimed cuts carry their stored form");
-        let raw = &batch.data(&batch.pieces[j])[c.off..c.off + c.len];
-        if st.pack.is_none() {
-            st.pack = Some(PackWriter::create(&self.staging, self.allocate_pack())?);
-        }
-        let pw = st.pack.as_mut().expect("created above");
-        let loc = pw.append(&id, raw.len() as u32, stored.as_deref().unwrap_or(raw))?;
-        st.w.chunks.insert(id, loc);
-        st.w.chunk_order.push(id);
-        st.w.chunk_bytes += raw.len() as u64;
-        if pw.len() >= self.opts.pack_size {
-            self.seal(st.pack.take().expect("present"), &mut st.w)?;
-        }
-        Ok(())
-    }
-
-    /// Drop an unsealed pack and its staged file.
-    fn discard(&self, pw: PackWriter) {
-        let staged = self.staging.join(pw.id.file_name());
-        drop(pw);
-        let _ = std::fs::remove_file(staged);
-    }
-
-    fn seal(&self, pw: PackWriter, w: &mut Written) -> Result<()> {
-        let id = pw.id;
-        let (stored, len, count) = self.publish_staged(pw)?;
-        if stored != id {
-            // Another writer of a shared backend had taken `id`.
-            w.chunks.values_mut().filter(|l| l.pack == id).for_each(|l| l.pack = stored);
-        }
-        w.packs.push((stored, PackInfo { len, chunks: count }));
-        failpoint::hit("after-pack-put");
-        Ok(())
     }
 
     /// Record a layer whose chunks this store already holds, walked and
@@ -843,23 +663,14 @@ impl Store {
     }
 }
 
-/// The packer thread's working state across batches.
-struct PackerState {
-    w: Written,
-    pack: Option<PackWriter>,
-    recipe: RecipeWriter,
-    /// Chunk count of every content id this ingest has met (held or new).
-    chunk_counts: HashMap<FileId, u64>,
-    /// The chunks of the region being streamed, so far.
-    streamed_chunks: Vec<(ChunkId, u32)>,
-}
-
 struct Walked {
     info: LayerInfo,
     /// Each content item's FileId, in recipe order.
     contents: Vec<FileId>,
     recipe: Vec<u8>,
 }
+
+mod packer;
 
 #[cfg(test)]
 mod tests;

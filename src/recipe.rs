@@ -91,8 +91,11 @@ impl RecipeWriter {
         self.put(&[TAG_RAW])?;
         self.put(&(b.len() as u32).to_le_bytes())?;
         self.put(&b)?;
-        self.pending = b;
-        self.pending.clear();
+        // Keep a small buffer for the next run; a long one's (up to MAX_RAW) goes.
+        if b.capacity() <= 1 << 20 {
+            self.pending = b;
+            self.pending.clear();
+        }
         Ok(())
     }
 
