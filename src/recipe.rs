@@ -52,9 +52,10 @@ impl RecipeWriter {
         head.extend_from_slice(MAGIC);
         head.extend_from_slice(&VERSION.to_le_bytes());
         head.extend_from_slice(&0u32.to_le_bytes());
-        // Level 1: the recipe is tar headers and zero padding. Level 3 cost base.tar's ingest
-        // ~5% of its CPU for 0.2% smaller layer objects (docs/benchmarks.md).
-        let enc = zstd::stream::write::Encoder::new(head, 1).map_err(|e| Error::io("recipe encoder", e))?;
+        // Level 3: level 9 made the corpus base layer's recipe 8.5% smaller for ~3x the CPU;
+        // level 1 costs base.tar no less CPU and makes header-heavy recipes 20-35% larger
+        // (docs/benchmarks.md).
+        let enc = zstd::stream::write::Encoder::new(head, 3).map_err(|e| Error::io("recipe encoder", e))?;
         Ok(RecipeWriter { enc, pending: Vec::new() })
     }
 
