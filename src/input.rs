@@ -328,7 +328,8 @@ pub(crate) fn open<'a, R: Read + 'a>(mut r: R, counter: Arc<AtomicU64>) -> Resul
     let head_bytes = head[..n].to_vec();
     let compression = match &head[..n] {
         [0x1f, 0x8b, ..] => Compression::Gzip,
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => Compression::Zstd,
+        // A zstd frame, or a skippable frame (magic 0x184D2A50-5F) that a zstd stream may begin with.
+        [0x28, 0xb5, 0x2f, 0xfd, ..] | [0x50..=0x5f, 0x2a, 0x4d, 0x18, ..] => Compression::Zstd,
         [0xfd, b'7', b'z', b'X', b'Z', 0] => {
             return Err(Error::invalid("unsupported compression: xz (use tar, gzip or zstd)"))
         }

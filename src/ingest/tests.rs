@@ -138,3 +138,21 @@ fn long_header_runs_and_tails() {
     assert_eq!((s.layer.entries, s.layer.files), (11, 1));
     assert_eq!(items, 3);
 }
+
+/// A zstd stream that begins with a skippable frame (metadata some writers
+/// put first) is zstd, not "not a tar".
+#[test]
+fn a_zstd_stream_may_begin_with_a_skippable_frame() {
+    let tar = tar_of(&[("a", &noise(50_000, 12))]);
+    let mut input = vec![0x5a, 0x2a, 0x4d, 0x18];
+    input.extend_from_slice(&5u32.to_le_bytes());
+    input.extend_from_slice(b"hello");
+    input.extend(zstd::encode_all(&tar[..], 3).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let s = store.ingest(&input[..], &IngestOptions::default()).unwrap();
+    assert_eq!(s.input_compression, crate::Compression::Zstd);
+    let mut back = Vec::new();
+    store.export(&s.layer.id, &mut back).unwrap();
+    assert!(back == tar);
+}
