@@ -11,7 +11,7 @@ use std::io::{self, Read};
 const BLOCK: usize = 512;
 /// Largest PAX record set or GNU long name/link we accept.
 pub(crate) const MAX_EXTENSION: u64 = 1 << 20;
-/// Largest stretch of bytes after the end-of-archive marker we keep.
+/// Largest stretch of bytes after the first zero block of the end-of-archive marker we keep.
 pub(crate) const MAX_TAIL: u64 = 16 << 20;
 
 /// What an entry's data region holds.
@@ -302,7 +302,7 @@ impl<R: Read> TarSplitter<R> {
             raw.extend_from_slice(&buf[..n]);
             if (raw.len() - start) as u64 > MAX_TAIL {
                 return Err(Error::invalid(format!(
-                    "more than {MAX_TAIL} bytes after the end-of-archive marker (at offset {})",
+                    "more than {MAX_TAIL} bytes after the end-of-archive marker's first zero block (at offset {})",
                     self.pos
                 )));
             }
