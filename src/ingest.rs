@@ -21,7 +21,7 @@ use crate::layerobj::LayerObject;
 use crate::pack::{self, ChunkLoc};
 use crate::recipe::FileRecipe;
 use crate::store::Store;
-use crate::tarsplit::{ContentKind, Step, TarSplitter};
+use crate::tarsplit::{Content, ContentKind, Step, TarSplitter};
 use crossbeam_channel::{bounded, Receiver};
 use rayon::prelude::*;
 use redb::ReadableTable;
@@ -275,9 +275,9 @@ impl Store {
         let mut chunker = Chunker::new(self.params);
         let mut raw = Vec::new();
         let mut cur = Batch { buf: pool.take()?, pieces: Vec::new() };
-        // Ship the batch being filled (to the hashing thread and the writer) and start the next.
-        let mut ship = |cur: &mut Batch| -> Result<()> {
-            let full = Arc::new(std::mem::replace(cur, Batch { buf: pool.take()?, pieces: Vec::new() }));
+        // Hand a full batch to the hashing thread and the writer.
+        let mut send_batch = |full: Batch| -> Result<()> {
+            let full = Arc::new(full);
             if sha.send(full.clone()).is_err() {
                 return Err(Error::io("the hashing thread stopped", std::io::Error::other("hashing stopped")));
             }
@@ -285,6 +285,10 @@ impl Store {
                 return Err(Error::io("the writer thread stopped", std::io::Error::other("writer stopped")));
             }
             Ok(())
+        };
+        // Send the batch being filled and start the next.
+        let mut ship = |cur: &mut Batch| -> Result<()> {
+            send_batch(std::mem::replace(cur, Batch { buf: pool.take()?, pieces: Vec::new() }))
         };
         loop {
             let step = split.next_step(&mut raw)?;
@@ -300,52 +304,18 @@ impl Store {
                 rest = &rest[n..];
             }
             raw.clear();
-            let c = match step {
-                Step::Content(c) => c,
-                Step::More => {
-                    if cur.buf.len() >= BATCH_BYTES {
-                        ship(&mut cur)?;
-                    }
-                    continue;
-                }
+            match step {
                 Step::End => break,
-            };
-            let at =
-                |e: Error| e.context(format!("entry {:?} at offset {}", String::from_utf8_lossy(&c.path), c.offset));
-            if c.size <= WINDOW as u64 {
-                let size = c.size as usize;
-                if cur.buf.room() < size {
-                    ship(&mut cur)?;
-                }
-                let data = cur
-                    .buf
-                    .append_with(size, |dst| {
-                        split.content().read_exact(dst).map_err(|e| crate::error::from_io(e, "reading file content"))
-                    })
-                    .map_err(at)?;
-                cur.pieces.push(Piece::Whole { kind: c.kind, path: c.path, data });
-            } else {
-                chunker
-                    .chunk_slices(split.content(), c.size, |data| {
-                        if cur.buf.room() < data.len() {
-                            ship(&mut cur)?;
-                        }
-                        let r = cur.buf.append(data);
-                        cur.pieces.push(Piece::Part(r));
-                        if cur.buf.len() >= BATCH_BYTES {
-                            ship(&mut cur)?;
-                        }
-                        Ok(())
-                    })
-                    .map_err(at)?;
-                cur.pieces.push(Piece::PartsEnd { kind: c.kind, path: c.path, size: c.size });
+                // Only header bytes so far: the batch may be full all the same.
+                Step::More => {}
+                Step::Content(c) => read_content(c, &mut split, &mut chunker, &mut cur, &mut ship)?,
             }
             if cur.buf.len() >= BATCH_BYTES {
                 ship(&mut cur)?;
             }
         }
         if !cur.pieces.is_empty() {
-            ship(&mut cur)?;
+            send_batch(cur)?;
         }
         drop(sha);
         let entries = split.entries();
@@ -668,6 +638,47 @@ struct Walked {
     /// Each content item's FileId, in recipe order.
     contents: Vec<FileId>,
     recipe: Vec<u8>,
+}
+
+/// Read content region `c` into the batch being filled: whole, or cut into
+/// chunks as it streams by when it is larger than [`WINDOW`].
+fn read_content<R: Read>(
+    c: Content,
+    split: &mut TarSplitter<R>,
+    chunker: &mut Chunker,
+    cur: &mut Batch,
+    ship: &mut impl FnMut(&mut Batch) -> Result<()>,
+) -> Result<()> {
+    let at = |e: Error| e.context(format!("entry {:?} at offset {}", String::from_utf8_lossy(&c.path), c.offset));
+    if c.size <= WINDOW as u64 {
+        let size = c.size as usize;
+        if cur.buf.room() < size {
+            ship(cur)?;
+        }
+        let data = cur
+            .buf
+            .append_with(size, |dst| {
+                split.content().read_exact(dst).map_err(|e| crate::error::from_io(e, "reading file content"))
+            })
+            .map_err(at)?;
+        cur.pieces.push(Piece::Whole { kind: c.kind, path: c.path, data });
+    } else {
+        chunker
+            .chunk_slices(split.content(), c.size, |data| {
+                if cur.buf.room() < data.len() {
+                    ship(cur)?;
+                }
+                let r = cur.buf.append(data);
+                cur.pieces.push(Piece::Part(r));
+                if cur.buf.len() >= BATCH_BYTES {
+                    ship(cur)?;
+                }
+                Ok(())
+            })
+            .map_err(at)?;
+        cur.pieces.push(Piece::PartsEnd { kind: c.kind, path: c.path, size: c.size });
+    }
+    Ok(())
 }
 
 mod packer;
