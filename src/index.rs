@@ -115,8 +115,7 @@ pub(crate) fn decode_file(b: &[u8]) -> Result<(u32, FileRecipe)> {
 }
 
 /// A u32 counter kept in META.
-pub(crate) fn get_counter(meta: &redb::Table<&str, &[u8]>, key: &str) -> Result<u32> {
-    use redb::ReadableTable;
+pub(crate) fn get_counter(meta: &impl redb::ReadableTable<&'static str, &'static [u8]>, key: &str) -> Result<u32> {
     match meta.get(key)? {
         None => Ok(0),
         Some(v) => v

@@ -16,20 +16,20 @@ use crate::failpoint;
 use crate::ids::{BlobDigest, ChunkId, FileId, LayerId, PackId};
 use crate::index::{self, LayerInfo, PackInfo, BLOBS, CHUNKS, FILES, LAYERS, LAYER_MAPS, META, PACKS, RECIPES};
 use crate::input;
-use crate::layermap::{LayerMap, MapEntry};
-use crate::layerobj::LayerObject;
-use crate::pack::{self, ChunkLoc};
+use crate::layerobj;
+use crate::pack;
 use crate::recipe::FileRecipe;
 use crate::store::Store;
 use crate::tarsplit::{Content, ContentKind, Step, TarSplitter};
 use crossbeam_channel::{bounded, Receiver};
 use rayon::prelude::*;
 use redb::ReadableTable;
-use std::collections::{HashMap, HashSet};
+use rows::{Claims, FileValue, HeldIndex, LayerRows};
+use std::collections::HashMap;
 use std::io::Read;
 use std::ops::Range;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Options for one ingest.
@@ -130,14 +130,10 @@ const _: () = assert!(BATCH_BYTES + WINDOW <= batchbuf::CAPACITY);
 /// What the writer thread produced, to be committed.
 #[derive(Default)]
 struct Written {
-    chunks: HashMap<ChunkId, ChunkLoc>,
-    /// New chunks in stream order, so their dense numbers follow the layer.
-    chunk_order: Vec<ChunkId>,
-    files: HashMap<FileId, FileRecipe>,
+    /// New index rows, the number map and the layer object's files section.
+    rows: LayerRows,
     packs: Vec<(PackId, PackInfo)>,
     chunk_bytes: u64,
-    /// Each content item's FileId, in recipe order.
-    contents: Vec<FileId>,
     /// The encoded layer recipe.
     recipe: Vec<u8>,
     /// Regular files, their bytes, and chunk references (with repeats).
@@ -155,8 +151,8 @@ struct Walk {
 enum Done {
     /// Nothing to store: raw bytes.
     Skip,
-    /// A whole region the index already holds, and its chunk count.
-    Indexed(FileId, u64),
+    /// A whole region the index already holds.
+    Indexed(FileId),
     /// A whole region whose content another piece of this ingest claimed.
     Claimed(FileId),
     /// A whole region this piece claimed (first sighting, not in the index): its chunks.
@@ -175,14 +171,6 @@ struct Cut {
     len: usize,
     id: ChunkId,
     stored: Option<Option<Vec<u8>>>,
-}
-
-/// Content ids this ingest has claimed so far, across batches: whoever claims
-/// one first chunks or compresses it, once.
-#[derive(Default)]
-struct Claims {
-    files: Mutex<HashSet<FileId>>,
-    chunks: Mutex<HashSet<ChunkId>>,
 }
 
 /// A batch on its way from the parallel pass to the packer.
@@ -247,14 +235,10 @@ impl Store {
         info.files = written.files_count;
         info.file_bytes = written.file_bytes;
         info.chunks = written.chunk_refs;
-        let walked = Walked {
-            info,
-            contents: std::mem::take(&mut written.contents),
-            recipe: std::mem::take(&mut written.recipe),
-        };
+        let walked = Walked { info, recipe: std::mem::take(&mut written.recipe) };
         tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "ingest: packs sealed");
         failpoint::hit("before-commit");
-        let summary = self.commit(walked, &written, counter.load(std::sync::atomic::Ordering::Relaxed), started)?;
+        let summary = self.commit(walked, written, counter.load(std::sync::atomic::Ordering::Relaxed), started)?;
         failpoint::hit("after-commit");
         Ok(summary)
     }
@@ -347,12 +331,13 @@ impl Store {
     /// packs and describes it in stream order.
     fn write_pieces(&self, rx: Receiver<Arc<Batch>>) -> Result<Written> {
         let (ptx, prx) = bounded::<Prepared>(PREPARED_IN_FLIGHT);
+        let claims = Claims::default();
         std::thread::scope(|s| {
             let packer = std::thread::Builder::new()
                 .name("chunkstore-packer".into())
-                .spawn_scoped(s, || self.pack_batches(prx))
+                .spawn_scoped(s, || self.pack_batches(prx, &claims))
                 .map_err(|e| Error::io("spawning the packer thread", e))?;
-            let prepared = self.prepare_batches(rx, |p| ptx.send(p).is_ok());
+            let prepared = self.prepare_batches(rx, &claims, |p| ptx.send(p).is_ok());
             drop(ptx);
             let packed = packer.join().unwrap_or_else(|_| {
                 self.unsettled.keep();
@@ -370,15 +355,19 @@ impl Store {
     }
 
     /// The parallel pass, batch by batch; `send` returns false if the packer stopped.
-    fn prepare_batches(&self, rx: Receiver<Arc<Batch>>, mut send: impl FnMut(Prepared) -> bool) -> Result<()> {
+    fn prepare_batches(
+        &self,
+        rx: Receiver<Arc<Batch>>,
+        claims: &Claims,
+        mut send: impl FnMut(Prepared) -> bool,
+    ) -> Result<()> {
         let tx = self.db.begin_read()?;
         let known_chunks = tx.open_table(CHUNKS)?;
         let known_files = tx.open_table(FILES)?;
         let chunker = Chunker::new(self.params);
-        let claims = Claims::default();
         let mut streamed: Option<blake3::Hasher> = None;
         for batch in rx {
-            let done = self.prepare(&batch, &chunker, &claims, &mut streamed, &known_chunks, &known_files)?;
+            let done = self.prepare(&batch, &chunker, claims, &mut streamed, &known_chunks, &known_files)?;
             if !send(Prepared { batch, done }) {
                 return Err(Error::io("the packer thread stopped", std::io::Error::other("packer stopped")));
             }
@@ -401,9 +390,8 @@ impl Store {
     ) -> Result<Vec<Done>> {
         let level = self.opts.compression_level;
         let cut = |data: &[u8], off: usize, len: usize, id: ChunkId| -> Result<Cut> {
-            let first = !claims.chunks.lock().unwrap_or_else(|p| p.into_inner()).contains(&id)
-                && known_chunks.get(&id.as_bytes()[..])?.is_none()
-                && claims.chunks.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+            let first =
+                !claims.has_chunk(&id) && known_chunks.get(&id.as_bytes()[..])?.is_none() && claims.claim_chunk(id);
             let stored = first.then(|| pack::compress_chunk(&data[off..off + len], level));
             Ok(Cut { off, len, id, stored })
         };
@@ -416,13 +404,13 @@ impl Store {
                         Piece::Whole { data, .. } => {
                             let data = batch.buf.get(data);
                             let id = FileId::from_bytes(*blake3::hash(data).as_bytes());
-                            if claims.files.lock().unwrap_or_else(|p| p.into_inner()).contains(&id) {
+                            if claims.has_file(&id) {
                                 return Ok(Done::Claimed(id));
                             }
-                            if let Some(v) = known_files.get(&id.as_bytes()[..])? {
-                                return Ok(Done::Indexed(id, index::decode_file(v.value())?.1.chunks.len() as u64));
+                            if known_files.get(&id.as_bytes()[..])?.is_some() {
+                                return Ok(Done::Indexed(id));
                             }
-                            if !claims.files.lock().unwrap_or_else(|p| p.into_inner()).insert(id) {
+                            if !claims.claim_file(id) {
                                 return Ok(Done::Claimed(id));
                             }
                             let cuts = chunker.cuts(data);
@@ -482,77 +470,58 @@ impl Store {
         started: Instant,
     ) -> Result<IngestSummary> {
         let input_bytes = info.tar_size;
-        let w = Written { files, ..Written::default() };
-        self.commit(Walked { info, contents, recipe }, &w, input_bytes, started)
+        let rows = {
+            let tx = self.db.begin_read()?;
+            let held = HeldIndex::open(&tx)?;
+            let mut rows = held.rows()?;
+            let claims = Claims::default();
+            for id in &contents {
+                if rows.repeat(&claims, id)?.is_none() {
+                    let value = match files.get(id) {
+                        Some(r) => FileValue::New(r),
+                        None => FileValue::Held(held.file(id)?),
+                    };
+                    rows.add_content(*id, value, &claims, &held)?;
+                }
+            }
+            rows.finish();
+            rows
+        };
+        self.commit(Walked { info, recipe }, Written { rows, ..Written::default() }, input_bytes, started)
     }
 
-    fn commit(&self, walked: Walked, w: &Written, input_bytes: u64, started: Instant) -> Result<IngestSummary> {
-        let Walked { mut info, recipe, contents } = walked;
+    fn commit(&self, walked: Walked, w: Written, input_bytes: u64, started: Instant) -> Result<IngestSummary> {
+        let Walked { mut info, recipe } = walked;
+        let Written { mut rows, packs: new_packs, chunk_bytes, .. } = w;
         let (input_compression, input_blob) = (info.compression, info.blob);
         let tx = self.db.begin_write()?;
         let already_present;
         let new_blob;
-        // The layer object's FILES values, in first-use order, as inserted.
-        let mut object_files = Vec::new();
         {
             let mut meta = tx.open_table(META)?;
-            let mut next_chunk = index::get_counter(&meta, index::NEXT_CHUNK_KEY)?;
-            let mut next_file = index::get_counter(&meta, index::NEXT_FILE_KEY)?;
-            let overflow = || Error::new(crate::ErrorKind::Config, "store is full: more than 2^32 chunks or files");
-            // Dense numbers: new chunks in stream order, new files in first-seen order.
+            let counters =
+                (index::get_counter(&meta, index::NEXT_CHUNK_KEY)?, index::get_counter(&meta, index::NEXT_FILE_KEY)?);
+            // The rows were numbered from the counters the walk began with,
+            // under the write lock: nothing may have numbered anything since.
+            if counters != (rows.first_chunk, rows.first_file) {
+                return Err(Error::corrupt(format!(
+                    "internal: the index's chunk and file counters moved during the ingest ({}, {} to {}, {})",
+                    rows.first_chunk, rows.first_file, counters.0, counters.1
+                )));
+            }
             let mut chunks = tx.open_table(CHUNKS)?;
-            let mut new_chunk_nums: HashMap<ChunkId, u32> = HashMap::with_capacity(w.chunk_order.len());
-            for id in &w.chunk_order {
-                let mut loc = w.chunks[id];
-                loc.num = next_chunk;
-                next_chunk = next_chunk.checked_add(1).ok_or_else(overflow)?;
-                new_chunk_nums.insert(*id, loc.num);
+            for (id, loc) in &rows.chunks {
                 chunks.insert(&id.as_bytes()[..], &loc.encode()[..])?;
             }
             let mut files = tx.open_table(FILES)?;
-            let mut seen: HashMap<FileId, MapEntry> = HashMap::new();
-            let mut map = LayerMap::default();
-            for fid in &contents {
-                if let Some(e) = seen.get(fid) {
-                    map.entries.push(e.clone());
-                    continue;
-                }
-                let (num, r, record) = match w.files.get(fid) {
-                    Some(r) => {
-                        let num = next_file;
-                        next_file = next_file.checked_add(1).ok_or_else(overflow)?;
-                        let record = index::encode_file(num, r);
-                        files.insert(&fid.as_bytes()[..], &record[..])?;
-                        (num, r.clone(), record)
-                    }
-                    None => {
-                        let v = files.get(&fid.as_bytes()[..])?;
-                        let record = v.ok_or_else(|| Error::corrupt(format!("file {fid} vanished during ingest")))?;
-                        let record = record.value().to_vec();
-                        let (num, r) = index::decode_file(&record)?;
-                        (num, r, record)
-                    }
-                };
-                object_files.push((*fid, record));
-                let mut e = MapEntry { file: num, chunks: Vec::with_capacity(r.chunks.len()) };
-                for (cid, _) in &r.chunks {
-                    let n = match new_chunk_nums.get(cid) {
-                        Some(n) => *n,
-                        None => {
-                            let v = chunks.get(&cid.as_bytes()[..])?;
-                            let v = v.ok_or_else(|| Error::corrupt(format!("chunk {cid} vanished during ingest")))?;
-                            ChunkLoc::decode(v.value())?.num
-                        }
-                    };
-                    e.chunks.push(n);
-                }
-                seen.insert(*fid, e.clone());
-                map.entries.push(e);
+            for (id, value) in rows.new_file_rows() {
+                files.insert(id, value)?;
             }
+            let (next_chunk, next_file) = rows.next();
             meta.insert(index::NEXT_CHUNK_KEY, &next_chunk.to_le_bytes()[..])?;
             meta.insert(index::NEXT_FILE_KEY, &next_file.to_le_bytes()[..])?;
             let mut packs = tx.open_table(PACKS)?;
-            for (id, p) in &w.packs {
+            for (id, p) in &new_packs {
                 packs.insert(id.0, &p.encode()[..])?;
             }
             let mut layers = tx.open_table(LAYERS)?;
@@ -577,7 +546,7 @@ impl Store {
             }
             layers.insert(key, &info.encode()[..])?;
             tx.open_table(RECIPES)?.insert(key, &recipe[..])?;
-            tx.open_table(LAYER_MAPS)?.insert(key, &map.encode()[..])?;
+            tx.open_table(LAYER_MAPS)?.insert(key, rows.map())?;
             new_blob = arrived_blob.or(info.blob);
             if let Some(b) = new_blob {
                 tx.open_table(BLOBS)?.insert(&b.as_bytes()[..], key)?;
@@ -587,7 +556,7 @@ impl Store {
         // The layer object goes to the backend before the index names the layer.
         let object = if already_present {
             // The blobs that named it before are in BLOBS: read it all back.
-            self.layer_object_in(&tx, &info.id)?
+            self.layer_object_in(&tx, &info.id)?.encode()
         } else {
             // Only this commit can have named a layer new to the index; but
             // another writer of a shared bucket may have committed it under
@@ -604,16 +573,10 @@ impl Store {
                 blobs.sort();
                 blobs.dedup();
             }
-            LayerObject {
-                chunker: self.params,
-                info_bytes: info.encode().to_vec(),
-                info: info.clone(),
-                blobs,
-                recipe,
-                files: object_files,
-            }
+            let files = std::mem::take(&mut rows.files);
+            layerobj::encode_with_files(self.params, &info.encode(), &blobs, &recipe, rows.file_count, files)
         };
-        self.publish_layer(&object, already_present, &w.packs)?;
+        self.publish_layer(&info.id, &object, already_present, &new_packs)?;
         // On failure the packs and layer object stay: the next open reclaims them.
         tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "ingest: layer object stored");
         tx.commit().inspect_err(|_| self.unsettled.keep())?;
@@ -624,10 +587,10 @@ impl Store {
             input_compression,
             input_blob,
             input_bytes,
-            new_chunks: w.chunks.len() as u64,
-            new_chunk_bytes: w.chunk_bytes,
-            new_stored_bytes: w.packs.iter().map(|(_, p)| p.len).sum(),
-            new_files: w.files.len() as u64,
+            new_chunks: rows.chunks.len() as u64,
+            new_chunk_bytes: chunk_bytes,
+            new_stored_bytes: new_packs.iter().map(|(_, p)| p.len).sum(),
+            new_files: rows.new_files.len() as u64,
             seconds: started.elapsed().as_secs_f64(),
         })
     }
@@ -635,8 +598,6 @@ impl Store {
 
 struct Walked {
     info: LayerInfo,
-    /// Each content item's FileId, in recipe order.
-    contents: Vec<FileId>,
     recipe: Vec<u8>,
 }
 
@@ -682,6 +643,7 @@ fn read_content<R: Read>(
 }
 
 mod packer;
+mod rows;
 
 #[cfg(test)]
 mod tests;

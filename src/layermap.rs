@@ -20,12 +20,19 @@ pub(crate) struct LayerMap {
     pub entries: Vec<MapEntry>,
 }
 
+/// The encoding's head for an empty map: `version u8 | count u32`. An
+/// encoder that appends entries as it goes starts from it and fills in the
+/// count at the end.
+pub(crate) fn head() -> [u8; 5] {
+    [VERSION, 0, 0, 0, 0]
+}
+
 impl LayerMap {
     /// `version u8 | count u32 | (file u32 | n u32 | chunk u32 * n) * count`
     pub fn encode(&self) -> Vec<u8> {
         let n: usize = self.entries.iter().map(|e| 8 + 4 * e.chunks.len()).sum();
         let mut b = Vec::with_capacity(5 + n);
-        b.push(VERSION);
+        b.extend_from_slice(&head()[..1]);
         b.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         for e in &self.entries {
             b.extend_from_slice(&e.file.to_le_bytes());

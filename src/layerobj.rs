@@ -40,27 +40,13 @@ pub(crate) struct LayerObject {
 
 impl LayerObject {
     pub fn encode(&self) -> Vec<u8> {
-        let n: usize = self.files.iter().map(|(_, v)| 36 + v.len()).sum();
-        let mut b = Vec::with_capacity(200 + self.recipe.len() + 32 * self.blobs.len() + n);
-        b.extend_from_slice(MAGIC);
-        b.extend_from_slice(&VERSION.to_le_bytes());
-        b.extend_from_slice(&self.chunker.encode());
-        b.extend_from_slice(&self.info_bytes);
-        b.extend_from_slice(&(self.blobs.len() as u32).to_le_bytes());
-        for d in &self.blobs {
-            b.extend_from_slice(d.as_bytes());
-        }
-        b.extend_from_slice(&(self.recipe.len() as u64).to_le_bytes());
-        b.extend_from_slice(&self.recipe);
-        b.extend_from_slice(&(self.files.len() as u32).to_le_bytes());
+        let mut files = Vec::with_capacity(self.files.iter().map(|(_, v)| 36 + v.len()).sum());
         for (id, v) in &self.files {
-            b.extend_from_slice(id.as_bytes());
-            b.extend_from_slice(&(v.len() as u32).to_le_bytes());
-            b.extend_from_slice(v);
+            files.extend_from_slice(id.as_bytes());
+            files.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            files.extend_from_slice(v);
         }
-        let sum = blake3::hash(&b);
-        b.extend_from_slice(sum.as_bytes());
-        b
+        encode_with_files(self.chunker, &self.info_bytes, &self.blobs, &self.recipe, self.files.len() as u32, files)
     }
 
     /// Parse an object read back from a backend; `want` is the layer its name says.
@@ -102,6 +88,36 @@ impl LayerObject {
         r.finish()?;
         Ok(LayerObject { chunker, info, info_bytes, blobs, recipe, files })
     }
+}
+
+/// A layer object's encoding from its parts, the files section already
+/// encoded (`(file id | len u32 | FILES value)` per file): that section, the
+/// largest part of a layer of many files, is moved into place, not copied.
+pub(crate) fn encode_with_files(
+    chunker: ChunkerParams,
+    info_bytes: &[u8],
+    blobs: &[BlobDigest],
+    recipe: &[u8],
+    file_count: u32,
+    mut files: Vec<u8>,
+) -> Vec<u8> {
+    let mut head = Vec::with_capacity(8 + 4 + 12 + info_bytes.len() + 4 + 32 * blobs.len() + 8 + recipe.len() + 4);
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&VERSION.to_le_bytes());
+    head.extend_from_slice(&chunker.encode());
+    head.extend_from_slice(info_bytes);
+    head.extend_from_slice(&(blobs.len() as u32).to_le_bytes());
+    for d in blobs {
+        head.extend_from_slice(d.as_bytes());
+    }
+    head.extend_from_slice(&(recipe.len() as u64).to_le_bytes());
+    head.extend_from_slice(recipe);
+    head.extend_from_slice(&file_count.to_le_bytes());
+    files.reserve(head.len() + 32);
+    files.splice(0..0, head);
+    let sum = blake3::hash(&files);
+    files.extend_from_slice(sum.as_bytes());
+    files
 }
 
 /// [`build`] over the tables of a read or a write transaction (whose table
@@ -197,17 +213,17 @@ impl Store {
     /// layer is new, so nothing is left that names them.
     pub(crate) fn publish_layer(
         &self,
-        obj: &LayerObject,
+        id: &LayerId,
+        object: &[u8],
         already_present: bool,
         packs: &[(crate::ids::PackId, crate::index::PackInfo)],
     ) -> Result<()> {
-        let id = &obj.info.id;
         // Every pack first (a backend may still be uploading some), then the object.
         let r = self
             .check_writable()
             .and_then(|()| self.unsettled.mark())
             .and_then(|()| self.backend.flush())
-            .and_then(|()| self.backend.put_layer(id, &obj.encode()));
+            .and_then(|()| self.backend.put_layer(id, object));
         if r.is_err() {
             if already_present || self.backend.delete_layer(id).is_ok() {
                 self.unpublish_packs(packs);
@@ -254,7 +270,7 @@ impl Store {
         object.blobs.extend(self.blobs_in_backend(id));
         object.blobs.sort();
         object.blobs.dedup();
-        self.publish_layer(&object, true, &[])?;
+        self.publish_layer(id, &object.encode(), true, &[])?;
         tx.commit().inspect_err(|_| self.unsettled.keep())?;
         Ok(true)
     }

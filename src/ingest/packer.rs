@@ -1,6 +1,7 @@
 //! The packer thread of an ingest: appends each prepared batch's new chunks
 //! to packs and writes the file recipes and the layer recipe, in stream order.
 
+use super::rows::{Claims, FileValue, HeldIndex};
 use super::{Batch, Done, Piece, Prepared, Written};
 use crate::error::Result;
 use crate::failpoint;
@@ -16,12 +17,15 @@ use std::collections::HashMap;
 impl Store {
     /// The packer thread: packs each prepared batch's new chunks and writes
     /// its file recipes and layer recipe entries, in stream order.
-    pub(super) fn pack_batches(&self, rx: Receiver<Prepared>) -> Result<Written> {
+    pub(super) fn pack_batches(&self, rx: Receiver<Prepared>, claims: &Claims) -> Result<Written> {
+        let tx = self.db.begin_read()?;
+        let held = HeldIndex::open(&tx)?;
         let mut st = PackerState {
-            w: Written::default(),
+            w: Written { rows: held.rows()?, ..Written::default() },
+            claims,
+            held: &held,
             pack: None,
             recipe: RecipeWriter::new()?,
-            chunk_counts: HashMap::new(),
             streamed_chunks: Vec::new(),
         };
         let result = (|| -> Result<()> {
@@ -36,6 +40,7 @@ impl Store {
         match result {
             Ok(()) => {
                 let mut w = st.w;
+                w.rows.finish();
                 w.recipe = st.recipe.finish()?;
                 Ok(w)
             }
@@ -84,11 +89,18 @@ impl Store {
                     st.streamed_chunks.push((cid, len));
                     continue;
                 }
-                Done::Indexed(id, n) => (*id, *n),
+                Done::Indexed(id) => {
+                    let id = *id;
+                    let n = match st.w.rows.repeat(st.claims, &id)? {
+                        Some(n) => n,
+                        None => st.w.rows.add_content(id, FileValue::Held(st.held.file(&id)?), st.claims, st.held)?,
+                    };
+                    (id, n)
+                }
                 Done::Claimed(id) | Done::New(id, _) => {
                     let id = *id;
-                    let n = match (st.chunk_counts.get(&id), files_here.get(&id)) {
-                        (Some(n), _) => *n,
+                    let n = match (st.w.rows.repeat(st.claims, &id)?, files_here.get(&id)) {
+                        (Some(n), _) => n,
                         // The first sighting of content this batch claimed.
                         (None, Some(&j)) => self.pack_file(st, &batch, &mut done, &mut chunks_here, j)?,
                         (None, None) => unreachable!("claimed content is packed in its claimer's batch"),
@@ -98,14 +110,21 @@ impl Store {
                 Done::PartsEnd(id, indexed) => {
                     let (id, indexed) = (*id, *indexed);
                     let chunks = std::mem::take(&mut st.streamed_chunks);
-                    let n = chunks.len() as u64;
-                    if !st.chunk_counts.contains_key(&id) {
-                        if !indexed {
-                            let size = chunks.iter().map(|c| c.1 as u64).sum();
-                            st.w.files.insert(id, FileRecipe { size, chunks });
+                    let n = match st.w.rows.repeat(st.claims, &id)? {
+                        Some(n) => n,
+                        None if indexed => {
+                            st.w.rows.add_content(id, FileValue::Held(st.held.file(&id)?), st.claims, st.held)?
                         }
-                        st.chunk_counts.insert(id, n);
-                    }
+                        None => {
+                            let size = chunks.iter().map(|c| c.1 as u64).sum();
+                            st.w.rows.add_content(
+                                id,
+                                FileValue::New(&FileRecipe { size, chunks }),
+                                st.claims,
+                                st.held,
+                            )?
+                        }
+                    };
                     (id, n)
                 }
             };
@@ -123,7 +142,6 @@ impl Store {
                 ContentKind::Data => st.recipe.data(&id, size)?,
             }
             st.w.chunk_refs += n;
-            st.w.contents.push(id);
         }
         Ok(())
     }
@@ -144,10 +162,8 @@ impl Store {
         for (cid, _) in &list {
             self.pack_chunk(st, batch, done, chunks_here, *cid)?;
         }
-        let n = list.len() as u64;
-        st.w.files.insert(id, FileRecipe { size: batch.data(&batch.pieces[j]).len() as u64, chunks: list });
-        st.chunk_counts.insert(id, n);
-        Ok(n)
+        let size = batch.data(&batch.pieces[j]).len() as u64;
+        st.w.rows.add_content(id, FileValue::New(&FileRecipe { size, chunks: list }), st.claims, st.held)
     }
 
     /// Pack chunk `id` if this is its first sighting and this batch claimed it.
@@ -174,8 +190,7 @@ impl Store {
         }
         let pw = st.pack.as_mut().expect("created above");
         let loc = pw.append(&id, raw.len() as u32, stored.as_deref().unwrap_or(raw))?;
-        st.w.chunks.insert(id, loc);
-        st.w.chunk_order.push(id);
+        st.w.rows.add_chunk(st.claims, id, loc)?;
         st.w.chunk_bytes += raw.len() as u64;
         if pw.len() >= self.opts.pack_size {
             self.seal(st.pack.take().expect("present"), &mut st.w)?;
@@ -195,7 +210,7 @@ impl Store {
         let (stored, len, count) = self.publish_staged(pw)?;
         if stored != id {
             // Another writer of a shared backend had taken `id`.
-            w.chunks.values_mut().filter(|l| l.pack == id).for_each(|l| l.pack = stored);
+            w.rows.renamed_pack(id, stored);
         }
         w.packs.push((stored, PackInfo { len, chunks: count }));
         failpoint::hit("after-pack-put");
@@ -204,12 +219,12 @@ impl Store {
 }
 
 /// The packer thread's working state across batches.
-struct PackerState {
+struct PackerState<'a> {
     w: Written,
+    claims: &'a Claims,
+    held: &'a HeldIndex,
     pack: Option<PackWriter>,
     recipe: RecipeWriter,
-    /// Chunk count of every content id this ingest has met (held or new).
-    chunk_counts: HashMap<FileId, u64>,
     /// The chunks of the region being streamed, so far.
     streamed_chunks: Vec<(ChunkId, u32)>,
 }

@@ -1,4 +1,6 @@
 use super::*;
+use crate::layermap::LayerMap;
+use crate::layerobj::LayerObject;
 use crate::testutil::{noise, tar_of};
 use crate::verify::VerifyOptions;
 
