@@ -141,6 +141,13 @@ impl LayerRows {
         Ok(chunks.len() as u64)
     }
 
+    /// Put the new CHUNKS and FILES rows in key order (their numbers stay).
+    pub fn sort_for_insert(&mut self) {
+        self.chunks.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let files = &self.files;
+        self.new_files.sort_unstable_by(|&a, &b| files[a..a + 32].cmp(&files[b..b + 32]));
+    }
+
     /// The new FILES rows: `(id, value)` slices of `files`.
     pub fn new_file_rows(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.new_files.iter().map(|&at| {
