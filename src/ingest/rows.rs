@@ -73,9 +73,12 @@ impl LayerRows {
 
     /// A new chunk, stored at `loc`: number it.
     pub fn add_chunk(&mut self, claims: &Claims, id: ChunkId, mut loc: ChunkLoc) -> Result<()> {
+        // u32::MAX is never a number (as before): in `Claims` it marks a chunk not yet numbered.
+        if self.next_chunk == NOT_NUMBERED {
+            return Err(full());
+        }
         loc.num = self.next_chunk;
-        // u32::MAX is left unused: in `Claims` it marks a chunk not yet numbered.
-        self.next_chunk = self.next_chunk.checked_add(1).filter(|n| *n < u32::MAX).ok_or_else(full)?;
+        self.next_chunk += 1;
         lock(&claims.chunks).insert(id, loc.num);
         self.chunks.push((id, loc));
         Ok(())
