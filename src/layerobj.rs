@@ -113,7 +113,7 @@ pub(crate) fn encode_with_files(
     head.extend_from_slice(&(recipe.len() as u64).to_le_bytes());
     head.extend_from_slice(recipe);
     head.extend_from_slice(&file_count.to_le_bytes());
-    files.reserve(head.len() + 32);
+    files.reserve_exact(head.len() + 32);
     files.splice(0..0, head);
     let sum = blake3::hash(&files);
     files.extend_from_slice(sum.as_bytes());

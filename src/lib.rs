@@ -59,6 +59,7 @@ mod reindex;
 mod remote;
 #[cfg(feature = "server")]
 pub mod server;
+mod spill;
 mod store;
 mod tarsplit;
 #[cfg(test)]

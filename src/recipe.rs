@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::ids::{ChunkId, FileId};
+use crate::spill::Spill;
 use std::io::{Read, Write};
 
 pub(crate) const MAGIC: &[u8; 8] = b"CSRECIPE";
@@ -40,18 +41,26 @@ pub enum RecipeItem {
 
 /// Builds a layer recipe, compressing as it goes.
 pub(crate) struct RecipeWriter {
-    enc: zstd::stream::write::Encoder<'static, Vec<u8>>,
+    enc: zstd::stream::write::Encoder<'static, Spill>,
     /// Raw bytes given since the last item: consecutive `raw` calls make one
     /// item, so a recipe does not depend on how its caller split them.
     pending: Vec<u8>,
 }
 
 impl RecipeWriter {
+    /// A writer that keeps its output in memory.
+    #[cfg(test)]
     pub fn new() -> Result<Self> {
-        let mut head = Vec::with_capacity(16);
-        head.extend_from_slice(MAGIC);
-        head.extend_from_slice(&VERSION.to_le_bytes());
-        head.extend_from_slice(&0u32.to_le_bytes());
+        Self::spilling(None)
+    }
+
+    /// A writer whose output past `spill::SPILL_AT` goes to a file in
+    /// `dir` (an ingest's recipe for a layer of a million files is ~50 MB).
+    pub fn spilling(dir: Option<std::path::PathBuf>) -> Result<Self> {
+        let mut head = Spill::new(dir);
+        head.extend(MAGIC)?;
+        head.extend(&VERSION.to_le_bytes())?;
+        head.extend(&0u32.to_le_bytes())?;
         // Level 3: level 9 made the corpus base layer's recipe 8.5% smaller for ~3x the CPU;
         // level 1 costs base.tar no less CPU and makes header-heavy recipes 20-35% larger
         // (docs/benchmarks.md).
@@ -121,7 +130,7 @@ impl RecipeWriter {
     pub fn finish(mut self) -> Result<Vec<u8>> {
         self.flush_raw()?;
         self.put(&[TAG_END])?;
-        self.enc.finish().map_err(|e| Error::io("finishing recipe", e))
+        self.enc.finish().map_err(|e| Error::io("finishing recipe", e))?.into_vec()
     }
 }
 

@@ -143,12 +143,16 @@ impl Store {
 }
 
 /// Remove the packs staged in `staging` (named as [`PackId::file_name`]
-/// names them); anything else there is not ours to delete.
+/// names them) and leftover ingest spill files (`spill-*`); anything else
+/// there is not ours to delete.
 fn clear_staged_packs(staging: &Path) -> Result<()> {
     let io = |e| Error::io(format!("clearing {}", staging.display()), e);
     for entry in std::fs::read_dir(staging).map_err(io)? {
         let entry = entry.map_err(io)?;
-        let ours = entry.file_name().to_str().and_then(PackId::from_file_name).is_some();
+        let name = entry.file_name();
+        let name = name.to_str();
+        // Packs, and an ingest's spill file killed before it was unlinked (src/spill.rs).
+        let ours = name.and_then(PackId::from_file_name).is_some() || name.is_some_and(|n| n.starts_with("spill-"));
         if ours && entry.file_type().map_err(io)?.is_file() {
             std::fs::remove_file(entry.path()).map_err(io)?;
         }

@@ -21,11 +21,11 @@ impl Store {
         let tx = self.db.begin_read()?;
         let held = HeldIndex::open(&tx)?;
         let mut st = PackerState {
-            w: Written { rows: held.rows()?, ..Written::default() },
+            w: Written { rows: held.rows(&self.staging)?, ..Written::default() },
             claims,
             held: &held,
             pack: None,
-            recipe: RecipeWriter::new()?,
+            recipe: RecipeWriter::spilling(Some(self.staging.clone()))?,
             streamed_chunks: Vec::new(),
         };
         let result = (|| -> Result<()> {

@@ -13,7 +13,9 @@ use crate::ids::{ChunkId, FileId, PackId};
 use crate::index::{self, CHUNKS, FILES, META};
 use crate::pack::ChunkLoc;
 use crate::recipe::FileRecipe;
+use crate::spill::Spill;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// A content item's FILES value: a recipe new to the index (numbered here),
@@ -31,36 +33,51 @@ pub(crate) struct LayerRows {
     pub first_file: u32,
     next_chunk: u32,
     next_file: u32,
-    /// New CHUNKS rows, numbered `first_chunk..`, in stream order.
-    pub chunks: Vec<(ChunkId, ChunkLoc)>,
+    /// New CHUNKS rows, numbered `first_chunk..`, in stream order:
+    /// `id [32] | ChunkLoc [28]` each.
+    chunks: Spill,
+    /// Packs the backend stored under another id: (asked, given).
+    renamed: Vec<(PackId, PackId)>,
     /// The LAYER_MAPS value: `version | count` (filled in by `finish`), then entries.
     map: Vec<u8>,
     entries: u32,
     /// The layer object's files section: `(id [32] | len u32 | FILES value)`
     /// per distinct content item, in first-use order.
-    pub files: Vec<u8>,
+    files: Spill,
     pub file_count: u32,
     /// Where in `files` the entries new to the index are.
-    pub new_files: Vec<usize>,
+    new_files: Vec<usize>,
 }
 
 impl Default for LayerRows {
     fn default() -> Self {
-        LayerRows::new(0, 0)
+        LayerRows::new(0, 0, None)
     }
 }
 
+/// What the commit writes, read back from [`LayerRows`].
+pub(crate) struct Records {
+    /// New CHUNKS rows.
+    pub chunks: Vec<(ChunkId, ChunkLoc)>,
+    /// The layer object's files section.
+    pub files: Vec<u8>,
+    /// Where in `files` the entries new to the index are.
+    pub new_files: Vec<usize>,
+}
+
 impl LayerRows {
-    pub fn new(next_chunk: u32, next_file: u32) -> Self {
+    /// `spill_dir`: where records past `spill::SPILL_AT` go (the store's `tmp/`).
+    pub fn new(next_chunk: u32, next_file: u32, spill_dir: Option<PathBuf>) -> Self {
         LayerRows {
             first_chunk: next_chunk,
             first_file: next_file,
             next_chunk,
             next_file,
-            chunks: Vec::new(),
+            chunks: Spill::new(spill_dir.clone()),
+            renamed: Vec::new(),
             map: crate::layermap::head().to_vec(),
             entries: 0,
-            files: Vec::new(),
+            files: Spill::new(spill_dir),
             file_count: 0,
             new_files: Vec::new(),
         }
@@ -80,14 +97,15 @@ impl LayerRows {
         loc.num = self.next_chunk;
         self.next_chunk += 1;
         lock(&claims.chunks).insert(id, loc.num);
-        self.chunks.push((id, loc));
+        self.chunks.extend(id.as_bytes())?;
+        self.chunks.extend(&loc.encode())?;
         Ok(())
     }
 
     /// Rows of pack `old`, which the backend stored as `new` (another writer
     /// of a shared backend had taken `old`).
     pub fn renamed_pack(&mut self, old: PackId, new: PackId) {
-        self.chunks.iter_mut().filter(|(_, l)| l.pack == old).for_each(|(_, l)| l.pack = new);
+        self.renamed.push((old, new));
     }
 
     /// A content item met before in this layer: repeat its map entry and
@@ -137,13 +155,46 @@ impl LayerRows {
         }
         self.entries = self.entries.checked_add(1).ok_or_else(full)?;
         lock(&claims.files).insert(id, at as u64);
-        self.files.extend_from_slice(id.as_bytes());
-        self.files.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        self.files.extend_from_slice(&value);
+        self.files.extend(id.as_bytes())?;
+        self.files.extend(&(value.len() as u32).to_le_bytes())?;
+        self.files.extend(&value)?;
         self.file_count = self.file_count.checked_add(1).ok_or_else(full)?;
         Ok(chunks.len() as u64)
     }
 
+    /// The last content item is in: fill in the map's count.
+    pub fn finish(&mut self) {
+        let entries = self.entries.to_le_bytes();
+        self.map[1..5].copy_from_slice(&entries);
+    }
+
+    /// The LAYER_MAPS value (after [`LayerRows::finish`]).
+    pub fn map(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// The new rows and the files section, read back (from memory, or the
+    /// spill files). Called once, by the commit; the walk's maps are gone by then.
+    pub fn take_records(&mut self) -> Result<Records> {
+        let raw = std::mem::take(&mut self.chunks).into_vec()?;
+        let mut chunks = Vec::with_capacity(raw.len() / CHUNK_ROW);
+        for r in raw.chunks_exact(CHUNK_ROW) {
+            let id = ChunkId::from_bytes(r[..32].try_into().expect("32 bytes"));
+            let mut loc = ChunkLoc::decode(&r[32..])?;
+            if let Some((_, new)) = self.renamed.iter().find(|(old, _)| *old == loc.pack) {
+                loc.pack = *new;
+            }
+            chunks.push((id, loc));
+        }
+        drop(raw);
+        let files = std::mem::take(&mut self.files).into_vec()?;
+        Ok(Records { chunks, files, new_files: std::mem::take(&mut self.new_files) })
+    }
+}
+
+const CHUNK_ROW: usize = 32 + ChunkLoc::ENCODED_LEN;
+
+impl Records {
     /// Order the new CHUNKS and FILES rows for insertion (their numbers
     /// stay): in key order, so that a large commit visits each B-tree page
     /// once and needs no large cache; but each run of `INSERT_BLOCK` rows in
@@ -164,17 +215,6 @@ impl LayerRows {
             let len = u32::from_le_bytes(self.files[at + 32..at + 36].try_into().expect("4 bytes")) as usize;
             (&self.files[at..at + 32], &self.files[at + 36..at + 36 + len])
         })
-    }
-
-    /// The last content item is in: fill in the map's count.
-    pub fn finish(&mut self) {
-        let entries = self.entries.to_le_bytes();
-        self.map[1..5].copy_from_slice(&entries);
-    }
-
-    /// The LAYER_MAPS value (after [`LayerRows::finish`]).
-    pub fn map(&self) -> &[u8] {
-        &self.map
     }
 }
 
@@ -251,10 +291,10 @@ impl HeldIndex {
     }
 
     /// A fresh [`LayerRows`], numbering on from the index's counters.
-    pub fn rows(&self) -> Result<LayerRows> {
+    pub fn rows(&self, spill_dir: &Path) -> Result<LayerRows> {
         let chunk = index::get_counter(&self.meta, index::NEXT_CHUNK_KEY)?;
         let file = index::get_counter(&self.meta, index::NEXT_FILE_KEY)?;
-        Ok(LayerRows::new(chunk, file))
+        Ok(LayerRows::new(chunk, file, Some(spill_dir.to_path_buf())))
     }
 
     fn chunk_num(&self, id: &ChunkId) -> Result<Option<u32>> {
