@@ -16,7 +16,7 @@ use crate::failpoint;
 use crate::ids::{BlobDigest, ChunkId, FileId, LayerId, PackId};
 use crate::index::{self, LayerInfo, PackInfo, BLOBS, CHUNKS, FILES, LAYERS, LAYER_MAPS, META, PACKS, RECIPES};
 use crate::input;
-use crate::layerobj;
+use crate::layerobj::EncodedObject;
 use crate::pack;
 use crate::recipe::FileRecipe;
 use crate::store::Store;
@@ -563,9 +563,10 @@ impl Store {
         }
         tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "ingest: index rows written");
         // The layer object goes to the backend before the index names the layer.
-        let object = if already_present {
+        if already_present {
             // The blobs that named it before are in BLOBS: read it all back.
-            self.layer_object_in(&tx, &info.id)?.encode()
+            let object = self.layer_object_in(&tx, &info.id)?.encode();
+            self.publish_layer(&info.id, &[&object], true, &new_packs)?;
         } else {
             // Only this commit can have named a layer new to the index; but
             // another writer of a shared bucket may have committed it under
@@ -583,9 +584,11 @@ impl Store {
                 blobs.dedup();
             }
             let files = std::mem::take(&mut rec.files);
-            layerobj::encode_with_files(self.params, &info.encode(), &blobs, &recipe, rows.file_count, files)
-        };
-        self.publish_layer(&info.id, &object, already_present, &new_packs)?;
+            let object = EncodedObject::new(self.params, &info.encode(), &blobs, &recipe, rows.file_count, files);
+            self.publish_layer(&info.id, &object.parts(), false, &new_packs)?;
+        }
+        // Before redb's commit writes its pages: a large layer's recipe and map are tens of MB.
+        drop((recipe, rows, rec));
         // On failure the packs and layer object stay: the next open reclaims them.
         tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "ingest: layer object stored");
         tx.commit().inspect_err(|_| self.unsettled.keep())?;

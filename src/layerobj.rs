@@ -46,7 +46,9 @@ impl LayerObject {
             files.extend_from_slice(&(v.len() as u32).to_le_bytes());
             files.extend_from_slice(v);
         }
-        encode_with_files(self.chunker, &self.info_bytes, &self.blobs, &self.recipe, self.files.len() as u32, files)
+        EncodedObject::new(self.chunker, &self.info_bytes, &self.blobs, &self.recipe, self.files.len() as u32, files)
+            .parts()
+            .concat()
     }
 
     /// Parse an object read back from a backend; `want` is the layer its name says.
@@ -90,34 +92,51 @@ impl LayerObject {
     }
 }
 
-/// A layer object's encoding from its parts, the files section already
-/// encoded (`(file id | len u32 | FILES value)` per file): that section, the
-/// largest part of a layer of many files, is moved into place, not copied.
-pub(crate) fn encode_with_files(
-    chunker: ChunkerParams,
-    info_bytes: &[u8],
-    blobs: &[BlobDigest],
-    recipe: &[u8],
-    file_count: u32,
-    mut files: Vec<u8>,
-) -> Vec<u8> {
-    let mut head = Vec::with_capacity(8 + 4 + 12 + info_bytes.len() + 4 + 32 * blobs.len() + 8 + recipe.len() + 4);
-    head.extend_from_slice(MAGIC);
-    head.extend_from_slice(&VERSION.to_le_bytes());
-    head.extend_from_slice(&chunker.encode());
-    head.extend_from_slice(info_bytes);
-    head.extend_from_slice(&(blobs.len() as u32).to_le_bytes());
-    for d in blobs {
-        head.extend_from_slice(d.as_bytes());
+/// A layer object's encoding in parts, the files section already encoded
+/// (`(file id | len u32 | FILES value)` per file), so that neither it nor
+/// the recipe (together ~140 MB for a layer of a million files) is copied to
+/// make one buffer: [`EncodedObject::parts`] go to the backend as they are.
+pub(crate) struct EncodedObject<'a> {
+    /// Magic up to the recipe's length.
+    head: Vec<u8>,
+    recipe: &'a [u8],
+    /// The file count.
+    count: [u8; 4],
+    files: Vec<u8>,
+    sum: [u8; 32],
+}
+
+impl<'a> EncodedObject<'a> {
+    pub fn new(
+        chunker: ChunkerParams,
+        info_bytes: &[u8],
+        blobs: &[BlobDigest],
+        recipe: &'a [u8],
+        file_count: u32,
+        files: Vec<u8>,
+    ) -> Self {
+        let mut head = Vec::with_capacity(8 + 4 + 12 + info_bytes.len() + 4 + 32 * blobs.len() + 8);
+        head.extend_from_slice(MAGIC);
+        head.extend_from_slice(&VERSION.to_le_bytes());
+        head.extend_from_slice(&chunker.encode());
+        head.extend_from_slice(info_bytes);
+        head.extend_from_slice(&(blobs.len() as u32).to_le_bytes());
+        for d in blobs {
+            head.extend_from_slice(d.as_bytes());
+        }
+        head.extend_from_slice(&(recipe.len() as u64).to_le_bytes());
+        let count = file_count.to_le_bytes();
+        let mut h = blake3::Hasher::new();
+        for p in [&head[..], recipe, &count[..], &files[..]] {
+            h.update(p);
+        }
+        EncodedObject { head, recipe, count, files, sum: *h.finalize().as_bytes() }
     }
-    head.extend_from_slice(&(recipe.len() as u64).to_le_bytes());
-    head.extend_from_slice(recipe);
-    head.extend_from_slice(&file_count.to_le_bytes());
-    files.reserve_exact(head.len() + 32);
-    files.splice(0..0, head);
-    let sum = blake3::hash(&files);
-    files.extend_from_slice(sum.as_bytes());
-    files
+
+    /// The object's bytes, in order.
+    pub fn parts(&self) -> [&[u8]; 5] {
+        [&self.head, self.recipe, &self.count, &self.files, &self.sum]
+    }
 }
 
 /// [`build`] over the tables of a read or a write transaction (whose table
@@ -214,7 +233,7 @@ impl Store {
     pub(crate) fn publish_layer(
         &self,
         id: &LayerId,
-        object: &[u8],
+        object: &[&[u8]],
         already_present: bool,
         packs: &[(crate::ids::PackId, crate::index::PackInfo)],
     ) -> Result<()> {
@@ -223,7 +242,7 @@ impl Store {
             .check_writable()
             .and_then(|()| self.unsettled.mark())
             .and_then(|()| self.backend.flush())
-            .and_then(|()| self.backend.put_layer(id, object));
+            .and_then(|()| self.backend.put_layer_parts(id, object));
         if r.is_err() {
             if already_present || self.backend.delete_layer(id).is_ok() {
                 self.unpublish_packs(packs);
@@ -270,7 +289,7 @@ impl Store {
         object.blobs.extend(self.blobs_in_backend(id));
         object.blobs.sort();
         object.blobs.dedup();
-        self.publish_layer(id, &object.encode(), true, &[])?;
+        self.publish_layer(id, &[&object.encode()], true, &[])?;
         tx.commit().inspect_err(|_| self.unsettled.keep())?;
         Ok(true)
     }

@@ -75,6 +75,10 @@ impl Backend for FaultyBackend {
         Self::spend(&self.layer_puts_left, "put_layer")?;
         self.inner.put_layer(id, object)
     }
+    fn put_layer_parts(&self, id: &LayerId, parts: &[&[u8]]) -> Result<()> {
+        Self::spend(&self.layer_puts_left, "put_layer")?;
+        self.inner.put_layer_parts(id, parts)
+    }
     fn get_layer(&self, id: &LayerId) -> Result<Vec<u8>> {
         self.inner.get_layer(id)
     }

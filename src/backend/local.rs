@@ -132,11 +132,17 @@ impl Backend for LocalBackend {
     }
 
     fn put_layer(&self, id: &LayerId, object: &[u8]) -> Result<()> {
+        self.put_layer_parts(id, &[object])
+    }
+
+    fn put_layer_parts(&self, id: &LayerId, parts: &[&[u8]]) -> Result<()> {
         let dest = self.layers.join(layer_object_name(id));
         let tmp = self.layers.join(format!(".{}.tmp", layer_object_name(id)));
         let write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
-            std::io::Write::write_all(&mut f, object)?;
+            for p in parts {
+                std::io::Write::write_all(&mut f, p)?;
+            }
             f.sync_all()?;
             fs::rename(&tmp, &dest)
         };
