@@ -6,7 +6,8 @@
 //! Built encoded, not as maps of recipes to be encoded at the commit: a
 //! layer of many small files used to hold each file three or four times
 //! over (~1.1 KB a file), and its commit ran out of the memory bound
-//! (docs/benchmarks.md, "Layers of many small files").
+//! (docs/benchmarks.md, "Layers of many small files"). The records only the
+//! commit reads go through a [`Spill`].
 
 use crate::error::{Error, Result};
 use crate::ids::{ChunkId, FileId, PackId};
