@@ -491,7 +491,7 @@ impl Store {
     }
 
     fn commit(&self, walked: Walked, w: Written, input_bytes: u64, started: Instant) -> Result<IngestSummary> {
-        let Walked { mut info, recipe } = walked;
+        let Walked { mut info, mut recipe } = walked;
         let Written { mut rows, packs: new_packs, chunk_bytes, .. } = w;
         let mut rec = rows.take_records()?;
         let (new_chunks, new_files) = (rec.chunks.len(), rec.new_files.len());
@@ -564,6 +564,9 @@ impl Store {
         tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "ingest: index rows written");
         // The layer object goes to the backend before the index names the layer.
         if already_present {
+            // What the walk made is not needed: let it go before the object is read back.
+            drop(std::mem::take(&mut recipe));
+            rec.files = Vec::new();
             // The blobs that named it before are in BLOBS: read it all back.
             let object = self.layer_object_in(&tx, &info.id)?.encode();
             self.publish_layer(&info.id, &[&object], true, &new_packs)?;
