@@ -254,6 +254,18 @@ impl S3Backend {
         self.key(&format!("layers/{}", layer_object_name(id)))
     }
 
+    fn put_layer_bytes(&self, id: &LayerId, data: Bytes) -> Result<()> {
+        self.check_writable("storing a layer object")?;
+        let (store, key, stats) = (self.store.clone(), self.layer_key(id), self.stats.clone());
+        self.retry(&format!("uploading layer object {id}"), move |_| {
+            let (store, key, data, stats) = (store.clone(), key.clone(), data.clone(), stats.clone());
+            async move {
+                stats.puts.fetch_add(1, Ordering::Relaxed);
+                store.put(&key, PutPayload::from_bytes(data)).await.map(|_| ())
+            }
+        })
+    }
+
     /// Run a future on the private runtime and wait for it. Works from any
     /// thread, including one of another runtime's blocking pool.
     fn block<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> T {
@@ -636,16 +648,12 @@ impl Backend for S3Backend {
     }
 
     fn put_layer(&self, id: &LayerId, object: &[u8]) -> Result<()> {
-        self.check_writable("storing a layer object")?;
-        let (store, key, stats) = (self.store.clone(), self.layer_key(id), self.stats.clone());
-        let data = Bytes::copy_from_slice(object);
-        self.retry(&format!("uploading layer object {id}"), move |_| {
-            let (store, key, data, stats) = (store.clone(), key.clone(), data.clone(), stats.clone());
-            async move {
-                stats.puts.fetch_add(1, Ordering::Relaxed);
-                store.put(&key, PutPayload::from_bytes(data)).await.map(|_| ())
-            }
-        })
+        self.put_layer_bytes(id, Bytes::copy_from_slice(object))
+    }
+
+    fn put_layer_parts(&self, id: &LayerId, parts: &[&[u8]]) -> Result<()> {
+        // One copy, into the upload's own buffer (the default joins, then put_layer copies).
+        self.put_layer_bytes(id, Bytes::from(parts.concat()))
     }
 
     fn get_layer(&self, id: &LayerId) -> Result<Vec<u8>> {
