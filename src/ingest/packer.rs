@@ -91,15 +91,15 @@ impl Store {
                 }
                 Done::Indexed(id) => {
                     let id = *id;
-                    let n = match st.w.rows.repeat(st.claims, &id)? {
+                    let n = match st.repeat(&id)? {
                         Some(n) => n,
-                        None => st.w.rows.add_content(id, FileValue::Held(st.held.file(&id)?), st.claims, st.held)?,
+                        None => st.add_held(id)?,
                     };
                     (id, n)
                 }
                 Done::Claimed(id) | Done::New(id, _) => {
                     let id = *id;
-                    let n = match (st.w.rows.repeat(st.claims, &id)?, files_here.get(&id)) {
+                    let n = match (st.repeat(&id)?, files_here.get(&id)) {
                         (Some(n), _) => n,
                         // The first sighting of content this batch claimed.
                         (None, Some(&j)) => self.pack_file(st, &batch, &mut done, &mut chunks_here, j)?,
@@ -110,19 +110,12 @@ impl Store {
                 Done::PartsEnd(id, indexed) => {
                     let (id, indexed) = (*id, *indexed);
                     let chunks = std::mem::take(&mut st.streamed_chunks);
-                    let n = match st.w.rows.repeat(st.claims, &id)? {
+                    let n = match st.repeat(&id)? {
                         Some(n) => n,
-                        None if indexed => {
-                            st.w.rows.add_content(id, FileValue::Held(st.held.file(&id)?), st.claims, st.held)?
-                        }
+                        None if indexed => st.add_held(id)?,
                         None => {
                             let size = chunks.iter().map(|c| c.1 as u64).sum();
-                            st.w.rows.add_content(
-                                id,
-                                FileValue::New(&FileRecipe { size, chunks }),
-                                st.claims,
-                                st.held,
-                            )?
+                            st.add_new(id, &FileRecipe { size, chunks })?
                         }
                     };
                     (id, n)
@@ -163,7 +156,7 @@ impl Store {
             self.pack_chunk(st, batch, done, chunks_here, *cid)?;
         }
         let size = batch.data(&batch.pieces[j]).len() as u64;
-        st.w.rows.add_content(id, FileValue::New(&FileRecipe { size, chunks: list }), st.claims, st.held)
+        st.add_new(id, &FileRecipe { size, chunks: list })
     }
 
     /// Pack chunk `id` if this is its first sighting and this batch claimed it.
@@ -227,4 +220,22 @@ struct PackerState<'a> {
     recipe: RecipeWriter,
     /// The chunks of the region being streamed, so far.
     streamed_chunks: Vec<(ChunkId, u32)>,
+}
+
+impl PackerState<'_> {
+    /// See [`super::rows::LayerRows::repeat`].
+    fn repeat(&mut self, id: &FileId) -> Result<Option<u64>> {
+        self.w.rows.repeat(self.claims, id)
+    }
+
+    /// The first sighting of content the index holds; its chunk count.
+    fn add_held(&mut self, id: FileId) -> Result<u64> {
+        let value = self.held.file(&id)?;
+        self.w.rows.add_content(id, FileValue::Held(value), self.claims, self.held)
+    }
+
+    /// The first sighting of content new to the index; its chunk count.
+    fn add_new(&mut self, id: FileId, recipe: &FileRecipe) -> Result<u64> {
+        self.w.rows.add_content(id, FileValue::New(recipe), self.claims, self.held)
+    }
 }
