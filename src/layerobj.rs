@@ -15,10 +15,12 @@ use crate::error::{Error, Result};
 use crate::ids::{BlobDigest, FileId, LayerId};
 use crate::index::{self, LayerInfo, BLOBS, FILES, LAYERS, RECIPES};
 use crate::recipe::{RecipeItem, RecipeReader};
+use crate::spill::SpillReader;
 use crate::store::Store;
 use crate::wire::Reader;
 use redb::ReadableTable;
 use std::collections::HashSet;
+use std::io::Read;
 
 const MAGIC: &[u8; 8] = b"CSLAYER\0";
 const VERSION: u32 = 1;
@@ -46,9 +48,18 @@ impl LayerObject {
             files.extend_from_slice(&(v.len() as u32).to_le_bytes());
             files.extend_from_slice(v);
         }
-        EncodedObject::new(self.chunker, &self.info_bytes, &self.blobs, &self.recipe, self.files.len() as u32, files)
-            .parts()
-            .concat()
+        let count = (self.files.len() as u32).to_le_bytes();
+        let mut o = EncodedObject::new(
+            self.chunker,
+            &self.info_bytes,
+            &self.blobs,
+            SpillReader::bytes(&self.recipe),
+            &count,
+            SpillReader::bytes(&files),
+        );
+        let mut out = Vec::with_capacity(o.len() as usize);
+        o.read_to_end(&mut out).expect("reading from memory");
+        out
     }
 
     /// Parse an object read back from a backend; `want` is the layer its name says.
@@ -92,28 +103,32 @@ impl LayerObject {
     }
 }
 
-/// A layer object's encoding in parts, the files section already encoded
-/// (`(file id | len u32 | FILES value)` per file), so that neither it nor
-/// the recipe (together ~140 MB for a layer of a million files) is copied to
-/// make one buffer: [`EncodedObject::parts`] go to the backend as they are.
+/// A layer object's encoding, streamed: the recipe and the files section
+/// (`(file id | len u32 | FILES value)` per file, already encoded) are read
+/// from where the ingest left them, so neither (together ~140 MB for a
+/// layer of a million files) is copied to make one buffer.
 pub(crate) struct EncodedObject<'a> {
-    /// Magic up to the recipe's length.
-    head: Vec<u8>,
-    recipe: &'a [u8],
-    /// The file count.
-    count: [u8; 4],
-    files: Vec<u8>,
-    sum: [u8; 32],
+    body: Body<'a>,
+    len: u64,
+    hash: blake3::Hasher,
+    /// The checksum once the body is read, and how much of it is read.
+    sum: Option<([u8; 32], usize)>,
 }
+
+/// Head, recipe, file count, files section.
+type Body<'a> = std::io::Chain<
+    std::io::Chain<std::io::Chain<std::io::Cursor<Vec<u8>>, SpillReader<'a>>, &'a [u8]>,
+    SpillReader<'a>,
+>;
 
 impl<'a> EncodedObject<'a> {
     pub fn new(
         chunker: ChunkerParams,
         info_bytes: &[u8],
         blobs: &[BlobDigest],
-        recipe: &'a [u8],
-        file_count: u32,
-        files: Vec<u8>,
+        recipe: SpillReader<'a>,
+        count: &'a [u8; 4],
+        files: SpillReader<'a>,
     ) -> Self {
         let mut head = Vec::with_capacity(8 + 4 + 12 + info_bytes.len() + 4 + 32 * blobs.len() + 8);
         head.extend_from_slice(MAGIC);
@@ -124,18 +139,34 @@ impl<'a> EncodedObject<'a> {
         for d in blobs {
             head.extend_from_slice(d.as_bytes());
         }
-        head.extend_from_slice(&(recipe.len() as u64).to_le_bytes());
-        let count = file_count.to_le_bytes();
-        let mut h = blake3::Hasher::new();
-        for p in [&head[..], recipe, &count[..], &files[..]] {
-            h.update(p);
-        }
-        EncodedObject { head, recipe, count, files, sum: *h.finalize().as_bytes() }
+        head.extend_from_slice(&recipe.remaining().to_le_bytes());
+        let len = head.len() as u64 + recipe.remaining() + 4 + files.remaining() + 32;
+        let body = std::io::Cursor::new(head).chain(recipe).chain(&count[..]).chain(files);
+        EncodedObject { body, len, hash: blake3::Hasher::new(), sum: None }
     }
 
-    /// The object's bytes, in order.
-    pub fn parts(&self) -> [&[u8]; 5] {
-        [&self.head, self.recipe, &self.count, &self.files, &self.sum]
+    /// The object's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+/// The object's bytes, in order: the body, then its BLAKE3.
+impl Read for EncodedObject<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.sum.is_none() {
+            let n = self.body.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                self.hash.update(&buf[..n]);
+                return Ok(n);
+            }
+            self.sum = Some((*self.hash.finalize().as_bytes(), 0));
+        }
+        let (sum, at) = self.sum.as_mut().expect("set above");
+        let n = buf.len().min(32 - *at);
+        buf[..n].copy_from_slice(&sum[*at..*at + n]);
+        *at += n;
+        Ok(n)
     }
 }
 
@@ -233,7 +264,7 @@ impl Store {
     pub(crate) fn publish_layer(
         &self,
         id: &LayerId,
-        object: &[&[u8]],
+        object: (u64, &mut dyn Read),
         already_present: bool,
         packs: &[(crate::ids::PackId, crate::index::PackInfo)],
     ) -> Result<()> {
@@ -242,7 +273,7 @@ impl Store {
             .check_writable()
             .and_then(|()| self.unsettled.mark())
             .and_then(|()| self.backend.flush())
-            .and_then(|()| self.backend.put_layer_parts(id, object));
+            .and_then(|()| self.backend.put_layer_from(id, object.0, object.1));
         if r.is_err() {
             if already_present || self.backend.delete_layer(id).is_ok() {
                 self.unpublish_packs(packs);
@@ -289,7 +320,8 @@ impl Store {
         object.blobs.extend(self.blobs_in_backend(id));
         object.blobs.sort();
         object.blobs.dedup();
-        self.publish_layer(id, &[&object.encode()], true, &[])?;
+        let object = object.encode();
+        self.publish_layer(id, (object.len() as u64, &mut &object[..]), true, &[])?;
         tx.commit().inspect_err(|_| self.unsettled.keep())?;
         Ok(true)
     }

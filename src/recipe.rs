@@ -127,10 +127,17 @@ impl RecipeWriter {
         self.put(&size.to_le_bytes())
     }
 
-    pub fn finish(mut self) -> Result<Vec<u8>> {
+    /// The recipe, in memory.
+    #[cfg(test)]
+    pub fn finish(self) -> Result<Vec<u8>> {
+        self.finish_spilled()?.into_vec()
+    }
+
+    /// The recipe, where the writer left it.
+    pub fn finish_spilled(mut self) -> Result<crate::spill::Spilled> {
         self.flush_raw()?;
         self.put(&[TAG_END])?;
-        self.enc.finish().map_err(|e| Error::io("finishing recipe", e))?.into_vec()
+        self.enc.finish().map_err(|e| Error::io("finishing recipe", e))?.finish()
     }
 }
 

@@ -75,9 +75,9 @@ impl Backend for FaultyBackend {
         Self::spend(&self.layer_puts_left, "put_layer")?;
         self.inner.put_layer(id, object)
     }
-    fn put_layer_parts(&self, id: &LayerId, parts: &[&[u8]]) -> Result<()> {
+    fn put_layer_from(&self, id: &LayerId, len: u64, object: &mut dyn std::io::Read) -> Result<()> {
         Self::spend(&self.layer_puts_left, "put_layer")?;
-        self.inner.put_layer_parts(id, parts)
+        self.inner.put_layer_from(id, len, object)
     }
     fn get_layer(&self, id: &LayerId) -> Result<Vec<u8>> {
         self.inner.get_layer(id)

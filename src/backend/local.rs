@@ -132,16 +132,17 @@ impl Backend for LocalBackend {
     }
 
     fn put_layer(&self, id: &LayerId, object: &[u8]) -> Result<()> {
-        self.put_layer_parts(id, &[object])
+        self.put_layer_from(id, object.len() as u64, &mut &object[..])
     }
 
-    fn put_layer_parts(&self, id: &LayerId, parts: &[&[u8]]) -> Result<()> {
+    fn put_layer_from(&self, id: &LayerId, len: u64, object: &mut dyn std::io::Read) -> Result<()> {
         let dest = self.layers.join(layer_object_name(id));
         let tmp = self.layers.join(format!(".{}.tmp", layer_object_name(id)));
-        let write = || -> std::io::Result<()> {
+        let mut write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
-            for p in parts {
-                std::io::Write::write_all(&mut f, p)?;
+            let n = std::io::copy(&mut std::io::Read::take(&mut *object, len), &mut f)?;
+            if n != len {
+                return Err(std::io::Error::other(format!("the object ended at {n} of {len} bytes")));
             }
             f.sync_all()?;
             fs::rename(&tmp, &dest)

@@ -18,7 +18,7 @@ pub use memory::MemoryBackend;
 #[cfg(feature = "s3")]
 pub use s3::{S3Backend, S3Options, S3Stats};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ids::{LayerId, PackId};
 use std::fmt;
 use std::ops::Deref;
@@ -60,14 +60,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Store (or atomically replace) layer `id`'s layer object. Durable when
     /// this returns.
     fn put_layer(&self, id: &LayerId, object: &[u8]) -> Result<()>;
-    /// [`Backend::put_layer`] of `parts` joined: a backend that can write
-    /// them one after another spares the copy (an ingest's object for a
-    /// layer of a million files is ~140 MB).
-    fn put_layer_parts(&self, id: &LayerId, parts: &[&[u8]]) -> Result<()> {
-        match parts {
-            [one] => self.put_layer(id, one),
-            _ => self.put_layer(id, &parts.concat()),
-        }
+    /// [`Backend::put_layer`] of the `len` bytes `object` reads: a backend
+    /// that can write them as they come spares holding them (an ingest's
+    /// object for a layer of a million files is ~140 MB, read from its
+    /// spill files). An error reading `object` fails the put.
+    fn put_layer_from(&self, id: &LayerId, len: u64, object: &mut dyn std::io::Read) -> Result<()> {
+        self.put_layer(id, &read_object(id, len, object)?)
     }
     /// Layer `id`'s layer object; [`crate::ErrorKind::NotFound`] if absent.
     fn get_layer(&self, id: &LayerId) -> Result<Vec<u8>>;
@@ -127,4 +125,18 @@ pub(crate) fn parse_layer_object_name(name: &str) -> Option<LayerId> {
         return None;
     }
     LayerId::parse(h).ok()
+}
+
+/// The `len` bytes of layer `id`'s object that `r` reads, in memory.
+pub(crate) fn read_object(id: &LayerId, len: u64, r: &mut dyn std::io::Read) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    std::io::Read::read_to_end(&mut std::io::Read::take(r, len), &mut out)
+        .map_err(|e| Error::io(format!("reading layer object {id} to store it"), e))?;
+    if out.len() as u64 != len {
+        return Err(Error::io(
+            format!("reading layer object {id} to store it"),
+            std::io::Error::other(format!("{} of {len} bytes", out.len())),
+        ));
+    }
+    Ok(out)
 }

@@ -651,9 +651,9 @@ impl Backend for S3Backend {
         self.put_layer_bytes(id, Bytes::copy_from_slice(object))
     }
 
-    fn put_layer_parts(&self, id: &LayerId, parts: &[&[u8]]) -> Result<()> {
-        // One copy, into the upload's own buffer (the default joins, then put_layer copies).
-        self.put_layer_bytes(id, Bytes::from(parts.concat()))
+    fn put_layer_from(&self, id: &LayerId, len: u64, object: &mut dyn std::io::Read) -> Result<()> {
+        // One copy, into the upload's own buffer (the default reads, then put_layer copies).
+        self.put_layer_bytes(id, Bytes::from(super::read_object(id, len, object)?))
     }
 
     fn get_layer(&self, id: &LayerId) -> Result<Vec<u8>> {

@@ -41,7 +41,7 @@ impl Store {
             Ok(()) => {
                 let mut w = st.w;
                 w.rows.finish();
-                w.recipe = st.recipe.finish()?;
+                w.recipe = st.recipe.finish_spilled()?;
                 Ok(w)
             }
             Err(e) => {
