@@ -559,9 +559,13 @@ impl Store {
                 }
             }
             layers.insert(key, &info.encode()[..])?;
-            // Straight from where the walk left it (a layer of a million files: ~50 MB).
+            // The layer's two large values last (a layer of 2,000,000 small
+            // files: a 100 MB recipe, a 24 MB map): inserted first, they were
+            // pushed out to the file by the rows after them, then read back
+            // whole to checksum them at the commit (368-376 MB instead of
+            // 314-341 peak).
             recipe.read_into(tx.open_table(RECIPES)?.insert_reserve(key, recipe_len)?.as_mut())?;
-            tx.open_table(LAYER_MAPS)?.insert(key, rows.map())?;
+            tx.open_table(LAYER_MAPS)?.insert(key, &rows.take_map()[..])?;
             new_blob = arrived_blob.or(info.blob);
             if let Some(b) = new_blob {
                 tx.open_table(BLOBS)?.insert(&b.as_bytes()[..], key)?;

@@ -193,7 +193,7 @@ impl Write for Spill {
 }
 
 /// Bytes of records one run of [`SortedRuns`] sorts in memory.
-pub(crate) const RUN_BYTES: usize = 8 << 20;
+pub(crate) const RUN_BYTES: usize = 4 << 20;
 
 /// Records, each a 32-byte key and some bytes, appended in any order and
 /// read back in key order: an external merge sort. Runs of up to
@@ -234,37 +234,39 @@ impl SortedRuns {
         Ok(())
     }
 
-    /// The current run, sorted, as framed records.
-    fn sorted_run(&mut self) -> Vec<u8> {
+    /// Write the current run to `out` sorted, as framed records, and empty it.
+    fn sort_run_into(&mut self, out: &mut impl Write) -> std::io::Result<()> {
         let buf = &self.buf;
         self.starts.sort_by(|&a, &b| buf[a + 4..a + 36].cmp(&buf[b + 4..b + 36]));
-        let mut out = Vec::with_capacity(buf.len());
         for &at in &self.starts {
             let len = u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
-            out.extend_from_slice(&buf[at..at + 4 + len]);
+            out.write_all(&buf[at..at + 4 + len])?;
         }
         self.buf.clear();
         self.starts.clear();
-        out
+        Ok(())
     }
 
     fn write_run(&mut self) -> Result<()> {
-        let run = self.sorted_run();
         let dir = self.dir.clone().expect("runs are written only with a dir");
-        if self.file.is_none() {
-            self.file = Some(BufWriter::with_capacity(1 << 20, unlinked_file(&dir)?));
-        }
-        let f = self.file.as_mut().expect("just opened");
-        f.write_all(&run).map_err(|e| io_err(&dir, e))?;
-        self.runs.push((self.written, self.written + run.len() as u64));
-        self.written += run.len() as u64;
+        let mut f = match self.file.take() {
+            Some(f) => f,
+            None => BufWriter::with_capacity(1 << 20, unlinked_file(&dir)?),
+        };
+        let len = self.buf.len() as u64;
+        let r = self.sort_run_into(&mut f);
+        self.file = Some(f);
+        r.map_err(|e| io_err(&dir, e))?;
+        self.runs.push((self.written, self.written + len));
+        self.written += len;
         Ok(())
     }
 
     /// Every record, to be read back in key order.
     pub fn finish(mut self) -> Result<Merge> {
         let src = if self.file.is_none() {
-            let run = self.sorted_run();
+            let mut run = Vec::with_capacity(self.buf.len());
+            self.sort_run_into(&mut run).expect("writing to memory");
             self.runs.push((0, run.len() as u64));
             Spilled::Mem(run)
         } else {
@@ -455,7 +457,7 @@ mod tests {
     #[test]
     fn sorted_runs_merge_back_in_key_order() {
         let dir = tempfile::tempdir().unwrap();
-        // Many runs in a file (each record ~30 bytes, runs of 8 MiB), and a
+        // Many runs in a file (each record ~30 bytes, runs of 4 MiB), and a
         // record longer than a whole run.
         let mut runs = SortedRuns::new(Some(dir.path().to_path_buf()));
         let want = push_random(&mut runs, 600_000, 1);

@@ -175,8 +175,8 @@ impl LayerRows {
     }
 
     /// The LAYER_MAPS value (after [`LayerRows::finish`]).
-    pub fn map(&self) -> &[u8] {
-        &self.map
+    pub fn take_map(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.map)
     }
 
     /// The new rows and the files section, to be read back (from memory,
@@ -223,11 +223,20 @@ pub(crate) fn insert_in_blocks(m: &mut Merge, mut insert: impl FnMut(&[u8]) -> R
 /// first chunks or compresses it, once); the packer then records where it
 /// put it: a file's entry in the number map, a chunk's number. One map for
 /// both kinds and both jobs, since for a layer of many small files it is
-/// most of the ingest's memory (a one-chunk file's id is its chunk's too),
-/// in shards that each grow on their own: one table's doubling would
-/// briefly hold it three times over.
+/// most of the ingest's memory (a one-chunk file's id is its chunk's too).
+///
+/// In shards that each grow on their own, of unequal shares of the ids
+/// (shard `i` takes a share growing as 2^(i/64)): a hash table doubles its
+/// room when 7/8 full, and equal shards of random ids would all double at
+/// once. So the map's room grows smoothly (on average ~75 bytes an id,
+/// where all at once it would swing between 51 and 103), and no doubling
+/// holds the whole map three times over: the walk of a layer of 2,000,000
+/// small files peaked at 331 MiB with equal shards, 275 MiB so.
 pub(crate) struct Claims {
     shards: Box<[Mutex<Shard>]>,
+    /// Shard `i` takes ids whose first two bytes (big-endian) are below
+    /// `bounds[i]` and not below `bounds[i - 1]`.
+    bounds: Box<[u32]>,
 }
 
 type Shard = HashMap<[u8; 32], Claim>;
@@ -252,13 +261,27 @@ const SHARDS: usize = 64;
 
 impl Default for Claims {
     fn default() -> Self {
-        Claims { shards: (0..SHARDS).map(|_| Mutex::default()).collect() }
+        let weight = |i: usize| (i as f64 / SHARDS as f64).exp2();
+        let total: f64 = (0..SHARDS).map(weight).sum();
+        let mut sum = 0.0;
+        let bounds = (0..SHARDS)
+            .map(|i| {
+                sum += weight(i);
+                if i + 1 == SHARDS {
+                    1 << 16
+                } else {
+                    (sum / total * 65536.0) as u32
+                }
+            })
+            .collect();
+        Claims { shards: (0..SHARDS).map(|_| Mutex::default()).collect(), bounds }
     }
 }
 
 impl Claims {
     fn shard(&self, id: &[u8; 32]) -> std::sync::MutexGuard<'_, Shard> {
-        lock(&self.shards[id[0] as usize % SHARDS])
+        let top = u32::from(u16::from_be_bytes([id[0], id[1]]));
+        lock(&self.shards[self.bounds.partition_point(|b| *b <= top)])
     }
 
     /// Where content `id`'s number map entry is, once placed.
