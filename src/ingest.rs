@@ -496,8 +496,9 @@ impl Store {
     fn commit(&self, walked: Walked, w: Written, input_bytes: u64, started: Instant) -> Result<IngestSummary> {
         let Walked { mut info, mut recipe } = walked;
         let Written { mut rows, packs: new_packs, chunk_bytes, .. } = w;
-        let mut rec = rows.take_records()?;
-        let (new_chunks, new_files) = (rec.chunks.len(), rec.new_files.len());
+        let rows::Records { chunks: mut new_chunk_rows, new_files: mut new_file_rows, files: mut files_section } =
+            rows.take_records()?;
+        let (new_chunks, new_files) = (new_chunk_rows.len(), new_file_rows.len());
         let recipe_len = u32::try_from(recipe.len())
             .map_err(|_| Error::invalid(format!("the layer's recipe is {} bytes: more than 4 GiB", recipe.len())))?;
         let (input_compression, input_blob) = (info.compression, info.blob);
@@ -520,17 +521,19 @@ impl Store {
             // (a 500,000-file layer's rows: 1.8 instead of 2.5 s), and they
             // need no large cache (see `INDEX_CACHE` and `insert_in_blocks`).
             let mut chunks = tx.open_table(CHUNKS)?;
-            rows::insert_in_blocks(&mut rec.chunks, |r| {
+            rows::insert_in_blocks(&mut new_chunk_rows, |r| {
                 let mut loc = ChunkLoc::decode(&r[32..])?;
                 loc.pack = rows.renamed(loc.pack);
                 chunks.insert(&r[..32], &loc.encode()[..])?;
                 Ok(())
             })?;
             let mut files = tx.open_table(FILES)?;
-            rows::insert_in_blocks(&mut rec.new_files, |r| {
+            rows::insert_in_blocks(&mut new_file_rows, |r| {
                 files.insert(&r[..32], &r[32..])?;
                 Ok(())
             })?;
+            // Their spill files' disk space too: the layer object is yet to be written.
+            drop((new_chunk_rows, new_file_rows));
             let (next_chunk, next_file) = rows.next();
             meta.insert(index::NEXT_CHUNK_KEY, &next_chunk.to_le_bytes()[..])?;
             meta.insert(index::NEXT_FILE_KEY, &next_file.to_le_bytes()[..])?;
@@ -576,7 +579,7 @@ impl Store {
         if already_present {
             // What the walk made is not needed: let it go before the object is read back.
             drop(std::mem::take(&mut recipe));
-            rec.files = Spilled::default();
+            files_section = Spilled::default();
             // The blobs that named it before are in BLOBS: read it all back.
             let object = self.layer_object_in(&tx, &info.id)?.encode();
             self.publish_layer(&info.id, (object.len() as u64, &mut &object[..]), true, &new_packs)?;
@@ -597,12 +600,18 @@ impl Store {
                 blobs.dedup();
             }
             let count = rows.file_count.to_le_bytes();
-            let mut object =
-                EncodedObject::new(self.params, &info.encode(), &blobs, recipe.reader(), &count, rec.files.reader());
+            let mut object = EncodedObject::new(
+                self.params,
+                &info.encode(),
+                &blobs,
+                recipe.reader(),
+                &count,
+                files_section.reader(),
+            );
             self.publish_layer(&info.id, (object.len(), &mut object), false, &new_packs)?;
         }
         // Before redb's commit writes its pages: a large layer's recipe and map are tens of MB.
-        drop((recipe, rows, rec));
+        drop((recipe, rows, files_section));
         // On failure the packs and layer object stay: the next open reclaims them.
         tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "ingest: layer object stored");
         tx.commit().inspect_err(|_| self.unsettled.keep())?;

@@ -267,6 +267,9 @@ impl Store {
         // once the index lock is ours: another process's live ingest stages there.
         mkdir(&staging)?;
         clear_staged_packs(&staging)?;
+        if opts.backend.is_none() && !opts.read_only {
+            LocalBackend::clear_partial_layer_objects(&dir.join("layers"))?;
+        }
         // A fresh index over a backend that already holds layers takes the
         // chunker sizes they were made with.
         let fresh = Self::index_is_empty(&db)?;

@@ -26,6 +26,26 @@ impl LocalBackend {
         Self::with_dirs(root, layers)
     }
 
+    /// Remove layer objects a killed writer left half written in `layers`
+    /// (`.<name>.tmp`, see `put_layer_from`). Only for the process that
+    /// holds the store: another's may be writing one.
+    pub(crate) fn clear_partial_layer_objects(layers: &Path) -> Result<()> {
+        let io = |e| Error::io(format!("clearing {}", layers.display()), e);
+        for entry in fs::read_dir(layers).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name();
+            let partial = name
+                .to_str()
+                .and_then(|n| n.strip_prefix('.')?.strip_suffix(".tmp"))
+                .and_then(parse_layer_object_name)
+                .is_some();
+            if partial && entry.file_type().map_err(io)?.is_file() {
+                fs::remove_file(entry.path()).map_err(io)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Packs under `packs`, layer objects under `layers` (both created).
     pub fn with_dirs(packs: impl Into<PathBuf>, layers: impl Into<PathBuf>) -> Result<Self> {
         let (root, layers) = (packs.into(), layers.into());

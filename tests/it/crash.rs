@@ -155,6 +155,12 @@ fn check_store(store: &Path, known: &[&Layer]) -> Vec<String> {
     );
     let tmp: Vec<_> = std::fs::read_dir(store.join("tmp")).unwrap().collect();
     assert!(tmp.is_empty(), "tmp/ not cleared on open: {tmp:?}");
+    let partial: Vec<_> = std::fs::read_dir(store.join("layers"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(partial.is_empty(), "half-written layer objects not cleared on open: {partial:?}");
     assert!(!store.join("unsettled").exists(), "the reopen reclaimed, so the unsettled marker is gone");
     verify_clean(store, false);
     verify_clean(store, true);
@@ -296,6 +302,28 @@ fn sigkill_at_spread_instants() {
     let s = cs_json(&store, &["ingest", b.arg()]);
     assert_eq!(s[0]["already_present"].as_bool(), Some(false));
     assert_eq!(check_store(&store, &[&a, &b]).len(), 2);
+}
+
+/// A layer object a killed ingest left half written (`layers/.<name>.tmp`)
+/// goes when the store is next opened; other files there stay, and so do
+/// the committed layers.
+#[test]
+fn opening_removes_half_written_layer_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let tar = dir.path().join("l.tar");
+    std::fs::write(&tar, tar_of(7, &[(5000, false), (3000, true)])).unwrap();
+    assert!(cs(&store, &["ingest", tar.to_str().unwrap()]).status.success());
+    let layers = store.join("layers");
+    let partial = layers.join(format!(".{}.layer.tmp", "ab".repeat(32)));
+    let other = layers.join(".notes.tmp");
+    std::fs::write(&partial, b"half an object").unwrap();
+    std::fs::write(&other, b"not ours").unwrap();
+    let ls = cs_json(&store, &["ls"]);
+    assert_eq!(ls.as_array().unwrap().len(), 1);
+    assert!(!partial.exists(), "the half-written object is removed");
+    assert!(other.exists(), "a file not named as ours stays");
+    verify_clean(&store, true);
 }
 
 /// Opening a store another process is ingesting into fails as busy, and must

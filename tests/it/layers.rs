@@ -577,8 +577,9 @@ fn ingest_peak_rss(store: &Path, tar: &Path) -> (u64, serde_json::Value) {
 /// A layer of 200,000 small distinct files: what the ingest keeps per file
 /// until its commit is small enough for the memory bound. Before it was
 /// ~1.1 KB a file (225-230 MiB peak for this layer); now this layer peaks
-/// at ~105 MiB, and its layer object's files section passes 16 MiB, so
-/// the commit reads it back from a spill file.
+/// at ~105 MiB, and its records pass 4 MiB each, so the commit streams
+/// them back from spill files (the new index rows merged from several
+/// sorted runs).
 #[test]
 fn many_small_files_cost_bounded_memory() {
     let dir = tmp();
