@@ -242,13 +242,14 @@ pub(crate) struct Claims {
 type Shard = HashMap<[u8; 32], Claim>;
 
 /// What an ingest knows of one id: as a content item, the offset of its
-/// number map entry, `NOT_PLACED` while only claimed, or `NONE`; as a chunk,
-/// its number, `NOT_NUMBERED` while only claimed, or `NONE`.
+/// number map entry, `NOT_PLACED` while only claimed, or `NONE`; as a chunk
+/// (if `chunk_claimed`), its number, or `NOT_NUMBERED` until the packer
+/// gives it one.
 #[derive(Clone, Copy)]
 struct Claim {
     file: u32,
     chunk: u32,
-    /// Whether `chunk` is a number or `NOT_NUMBERED` (every u32 but
+    /// Whether the id is claimed as a chunk (a flag, since every u32 but
     /// u32::MAX is a chunk number).
     chunk_claimed: bool,
 }
