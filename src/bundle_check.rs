@@ -71,7 +71,7 @@ fn cuts_match(params: ChunkerParams, data: &[u8], chunks: &[(ChunkId, u32)]) -> 
 /// content item, or finds a content region where the recipe has raw bytes,
 /// means the recipe does not describe the tar it rebuilds.
 pub(crate) struct RecipeStream {
-    items: RecipeReader,
+    items: RecipeReader<'static>,
     raw: Vec<u8>,
     pos: usize,
     /// Length of the last raw item since the last content item: an ingest

@@ -17,7 +17,7 @@ use std::io::{self, Read, Write};
 pub struct LayerReader<'s> {
     store: &'s Store,
     id: LayerId,
-    items: RecipeReader,
+    items: RecipeReader<'static>,
     files: ReadOnlyTable<&'static [u8], &'static [u8]>,
     chunks: ReadOnlyTable<&'static [u8], &'static [u8]>,
     queue: VecDeque<(ChunkId, u32)>,

@@ -69,6 +69,38 @@ impl LayerMap {
         Ok(LayerMap { entries })
     }
 
+    /// The entries of encoded map `b` one at a time: what [`LayerMap::decode`]
+    /// makes of it, without holding them all (verify of a million-file layer).
+    pub fn entries(b: &[u8]) -> Result<impl Iterator<Item = Result<MapEntry>> + '_> {
+        let bad = || Error::corrupt("layer number map is malformed");
+        if b.len() < 5 || b[0] != VERSION || (b.len() - 5) % 4 != 0 {
+            return Err(bad());
+        }
+        let mut count = u32::from_le_bytes(b[1..5].try_into().expect("4 bytes"));
+        let mut words = b[5..].chunks_exact(4).map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes")));
+        let mut failed = false;
+        Ok(std::iter::from_fn(move || {
+            if failed {
+                return None;
+            }
+            let entry = if count == 0 {
+                // Past the last entry: only the end may follow.
+                words.next()?;
+                Err(bad())
+            } else {
+                count -= 1;
+                match (words.next(), words.next()) {
+                    (Some(file), Some(n)) if n as usize <= words.len() => {
+                        Ok(MapEntry { file, chunks: words.by_ref().take(n as usize).collect() })
+                    }
+                    _ => Err(bad()),
+                }
+            };
+            failed = entry.is_err();
+            Some(entry)
+        }))
+    }
+
     /// The layer's distinct file numbers.
     pub fn file_set(&self) -> RoaringBitmap {
         self.entries.iter().map(|e| e.file).collect()

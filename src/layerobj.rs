@@ -64,6 +64,36 @@ impl LayerObject {
 
     /// Parse an object read back from a backend; `want` is the layer its name says.
     pub fn decode(b: &[u8], want: &LayerId) -> Result<Self> {
+        let v = LayerObjectView::parse(b, want)?;
+        let files = v.files().map(|(f, value)| (f, value.to_vec())).collect();
+        Ok(LayerObject {
+            chunker: v.chunker,
+            info: v.info,
+            info_bytes: v.info_bytes.to_vec(),
+            blobs: v.blobs.chunks_exact(32).map(|d| BlobDigest::from_bytes(d.try_into().expect("32 bytes"))).collect(),
+            recipe: v.recipe.to_vec(),
+            files,
+        })
+    }
+}
+
+/// A layer object checked and read in place: what [`LayerObject::decode`]
+/// makes of it, without copying its recipe and files (verify reads a
+/// million-file layer's ~140 MB object so).
+pub(crate) struct LayerObjectView<'a> {
+    pub chunker: ChunkerParams,
+    pub info: LayerInfo,
+    pub info_bytes: &'a [u8],
+    /// The blob digests, 32 bytes each.
+    pub blobs: &'a [u8],
+    pub recipe: &'a [u8],
+    /// The files section after its count, every entry checked.
+    files: &'a [u8],
+}
+
+impl<'a> LayerObjectView<'a> {
+    /// See [`LayerObject::decode`].
+    pub fn parse(b: &'a [u8], want: &LayerId) -> Result<Self> {
         let bad = |w: &str| Error::corrupt(format!("layer object {want}: {w}"));
         if b.len() < 8 + 4 + 12 + INFO_LEN + 4 + 8 + 4 + 32 || &b[..8] != MAGIC {
             return Err(bad("not a chunkstore layer object (bad magic or too short)"));
@@ -78,28 +108,71 @@ impl LayerObject {
             return Err(bad(&format!("unsupported version {version}")));
         }
         let chunker = ChunkerParams::decode(r.take(12)?)?;
-        let info_bytes = r.take(INFO_LEN)?.to_vec();
-        let info = LayerInfo::decode(&info_bytes)?;
+        let info_bytes = r.take(INFO_LEN)?;
+        let info = LayerInfo::decode(info_bytes)?;
         if info.id != *want {
             return Err(bad(&format!("holds layer {}", info.id)));
         }
         let nb = r.u32()? as usize;
-        let mut blobs = Vec::with_capacity(nb.min(1024));
-        for _ in 0..nb {
-            blobs.push(BlobDigest::from_bytes(r.array()?));
-        }
-        let recipe = r.bytes_u64("recipe")?.to_vec();
-        let nf = r.u32()? as usize;
-        let mut files = Vec::with_capacity(nf.min(1 << 16));
+        let blobs = r.take(nb.checked_mul(32).ok_or_else(|| bad("truncated"))?)?;
+        let recipe = r.bytes_u64("recipe")?;
+        let nf = r.u32()?;
+        let files = r.rest();
         for _ in 0..nf {
-            let id = FileId::from_bytes(r.array()?);
+            r.take(32)?;
             let l = r.u32()? as usize;
-            let v = r.take(l)?.to_vec();
-            index::decode_file(&v)?;
-            files.push((id, v));
+            index::decode_file(r.take(l)?)?;
         }
         r.finish()?;
-        Ok(LayerObject { chunker, info, info_bytes, blobs, recipe, files })
+        Ok(LayerObjectView { chunker, info, info_bytes, blobs, recipe, files })
+    }
+
+    /// `(file id, FILES value)` for each distinct content item, in first-use order.
+    pub fn files(&self) -> impl Iterator<Item = (FileId, &'a [u8])> {
+        let mut rest = self.files;
+        std::iter::from_fn(move || {
+            // Checked by `parse`.
+            let (id, tail) = rest.split_first_chunk::<32>()?;
+            let (len, tail) = tail.split_first_chunk::<4>()?;
+            let (value, tail) = tail.split_at_checked(u32::from_le_bytes(*len) as usize)?;
+            rest = tail;
+            Some((FileId::from_bytes(*id), value))
+        })
+    }
+
+    /// Whether this object describes the layer the index holds (given its
+    /// record, recipe and FILES table): the same chunker, tar, recipe and
+    /// file recipes. What each writer of a shared bucket records in its own
+    /// way may differ: file numbers (dense per index), when the layer was
+    /// first ingested, the compressed blobs that writer met. Read in place,
+    /// holding one recipe copy and a bitmap of the layer's file numbers. An
+    /// error is the index's damage.
+    pub fn same_as_index<F>(&self, chunker: ChunkerParams, info: &LayerInfo, recipe: &[u8], files: &F) -> Result<bool>
+    where
+        F: ReadableTable<&'static [u8], &'static [u8]>,
+    {
+        let facts = |i: &LayerInfo| (i.id, i.tar_size, i.entries, i.files, i.file_bytes, i.chunks);
+        if self.chunker != chunker || facts(&self.info) != facts(info) || self.recipe != recipe {
+            return Ok(false);
+        }
+        let mut stored = self.files();
+        // First uses by the index's file numbers (dense, one per file): a
+        // bitmap, where a set of ids would cost ~70 bytes a file.
+        let mut seen = roaring::RoaringBitmap::new();
+        for item in RecipeReader::borrowed(recipe)? {
+            if let RecipeItem::File { id: f, .. } | RecipeItem::Data { id: f, .. } = item? {
+                let v = files.get(&f.as_bytes()[..])?.ok_or_else(|| Error::corrupt(format!("file {f} is missing")))?;
+                // A FILES value is the file's number (each index's own), then its recipe.
+                let (num, _) = index::decode_file(v.value())?;
+                if seen.insert(num) {
+                    let same = |s: &[u8]| s.get(4..).unwrap_or_default() == v.value().get(4..).unwrap_or_default();
+                    if !stored.next().is_some_and(|(sf, sv)| sf == f && same(sv)) {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        Ok(stored.next().is_none())
     }
 }
 
@@ -235,22 +308,6 @@ impl LayerObject {
             needed.extend(index::decode_file(v)?.1.chunks.into_iter().map(|(c, _)| c));
         }
         Ok(())
-    }
-
-    /// Whether `other` describes the same layer: the same chunker, tar,
-    /// recipe and file recipes. What each writer of a shared bucket records
-    /// in its own way may differ: file numbers (dense per index), when the
-    /// layer was first ingested, the compressed blobs that writer met.
-    pub(crate) fn same_layer(&self, other: &LayerObject) -> bool {
-        let info = |i: &LayerInfo| (i.id, i.tar_size, i.entries, i.files, i.file_bytes, i.chunks);
-        // A FILES value is the file's number, then its recipe.
-        fn recipes(o: &LayerObject) -> impl Iterator<Item = (&FileId, &[u8])> {
-            o.files.iter().map(|(f, v)| (f, v.get(4..).unwrap_or_default()))
-        }
-        self.chunker == other.chunker
-            && info(&self.info) == info(&other.info)
-            && self.recipe == other.recipe
-            && recipes(self).eq(recipes(other))
     }
 }
 

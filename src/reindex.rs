@@ -274,7 +274,7 @@ fn layer_map(
     chunks: &HashMap<ChunkId, ChunkLoc>,
 ) -> Result<LayerMap> {
     let mut map = LayerMap::default();
-    for item in RecipeReader::new(recipe.to_vec())? {
+    for item in RecipeReader::borrowed(recipe)? {
         if let RecipeItem::File { id, .. } | RecipeItem::Data { id, .. } = item? {
             let v = files.get(&id).ok_or_else(|| Error::corrupt(format!("layer {layer}: file {id} is missing")))?;
             let (num, r) = index::decode_file(v)?;

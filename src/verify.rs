@@ -5,11 +5,12 @@ use crate::error::Result;
 use crate::ids::{ChunkId, FileId, LayerId, PackId};
 use crate::index::{LayerInfo, PackInfo, CHUNKS, FILES, LAYERS, LAYER_MAPS, PACKS, RECIPES};
 use crate::layermap::{LayerMap, MapEntry};
+use crate::layerobj::LayerObjectView;
 use crate::pack::{self, ChunkLoc};
 use crate::recipe::{RecipeItem, RecipeReader};
 use crate::store::Store;
 use rayon::prelude::*;
-use redb::ReadableTable;
+use redb::{ReadableTable, ReadableTableMetadata};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -58,17 +59,35 @@ impl VerifyReport {
 }
 
 impl Store {
-    /// The backend's layer object must exist and say what the index says.
-    fn check_layer_object(&self, id: &LayerId) -> Option<String> {
-        let want = match self.layer_object_from_index(id) {
-            Ok(o) => o,
-            Err(_) => return None, // the index's own damage is reported above
+    /// What is wrong with layer `info`'s object in the backend, against the
+    /// index's record, `recipe` and `files`; `None` also when the index is
+    /// what is damaged (reported on its own).
+    fn check_layer_object<F>(&self, info: &LayerInfo, recipe: Option<&[u8]>, files: &F) -> Option<String>
+    where
+        F: ReadableTable<&'static [u8], &'static [u8]>,
+    {
+        let bytes = match self.backend.get_layer(&info.id) {
+            Ok(b) => b,
+            Err(e) => return Some(format!("layer object: {e}")),
         };
-        match self.backend.get_layer(id).and_then(|b| crate::layerobj::LayerObject::decode(&b, id)) {
-            Ok(got) if got.same_layer(&want) => None,
-            Ok(_) => Some("its layer object in the backend differs from the index".into()),
-            Err(e) => Some(format!("layer object: {e}")),
+        let got = match LayerObjectView::parse(&bytes, &info.id) {
+            Ok(v) => v,
+            Err(e) => return Some(format!("layer object: {e}")),
+        };
+        match got.same_as_index(self.params, info, recipe?, files) {
+            Ok(true) | Err(_) => None,
+            Ok(false) => Some("its layer object in the backend differs from the index".into()),
         }
+    }
+}
+
+/// The index's chunk rows, in key order.
+struct Chunks(Vec<(ChunkId, ChunkLoc)>);
+
+impl Chunks {
+    fn get(&self, id: &ChunkId) -> Option<&ChunkLoc> {
+        let i = self.0.binary_search_by(|(c, _)| c.as_bytes().cmp(id.as_bytes())).ok()?;
+        Some(&self.0[i].1)
     }
 }
 
@@ -81,14 +100,19 @@ impl Store {
     pub fn verify(&self, opts: VerifyOptions) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
         let tx = self.db.begin_read()?;
-        let mut by_pack: BTreeMap<PackId, Vec<(ChunkId, ChunkLoc)>> = BTreeMap::new();
-        let mut raw_len: HashMap<ChunkId, (u32, u32)> = HashMap::new();
-        for e in tx.open_table(CHUNKS)?.iter()? {
+        // Every chunk row once, in key order (looked up by binary search),
+        // and each pack's rows as indexes into it: ~70 bytes a chunk, where
+        // a copy per pack and a hash map of lengths took ~150-190.
+        let chunk_table = tx.open_table(CHUNKS)?;
+        let mut all = Chunks(Vec::with_capacity(usize::try_from(chunk_table.len()?).unwrap_or(0)));
+        let mut by_pack: BTreeMap<PackId, Vec<u32>> = BTreeMap::new();
+        for e in chunk_table.iter()? {
             let (k, v) = e?;
             let id = ChunkId::from_bytes(k.value().try_into().map_err(|_| crate::Error::corrupt("bad chunk key"))?);
             let loc = ChunkLoc::decode(v.value())?;
-            raw_len.insert(id, (loc.raw_len, loc.num));
-            by_pack.entry(loc.pack).or_default().push((id, loc));
+            let at = u32::try_from(all.0.len()).map_err(|_| crate::Error::corrupt("more than 2^32 chunk rows"))?;
+            by_pack.entry(loc.pack).or_default().push(at);
+            all.0.push((id, loc));
         }
         let packs: BTreeMap<PackId, PackInfo> = tx
             .open_table(PACKS)?
@@ -103,26 +127,26 @@ impl Store {
         let named = by_pack.keys().copied().collect::<Vec<_>>();
         let others = packs.keys().filter(|p| !by_pack.contains_key(p)).copied().collect::<Vec<_>>();
         for pid in named.into_iter().chain(others) {
-            let chunks = by_pack.get(&pid).unwrap_or(&none);
+            let chunks: Vec<(ChunkId, ChunkLoc)> =
+                by_pack.get(&pid).unwrap_or(&none).iter().map(|&i| all.0[i as usize]).collect();
             report.chunks += chunks.len() as u64;
             let bytes = match self.backend.read_whole_pack(pid) {
                 Ok(b) => b,
                 Err(e) => {
                     report.damaged.push(damage("pack", pid, format!("unreadable: {e}")));
-                    for (id, _) in chunks {
+                    for (id, _) in &chunks {
                         report.damaged.push(damage("chunk", id, format!("in unreadable pack {pid}")));
                     }
                     continue;
                 }
             };
-            report.damaged.extend(check_pack(pid, &bytes, packs.get(&pid), chunks));
+            report.damaged.extend(check_pack(pid, &bytes, packs.get(&pid), &chunks));
             if let Some(p) = &opts.progress {
                 p.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             }
         }
-        // What each file's layer-map entry must say: size, file number, chunk numbers.
-        let mut file_size: HashMap<FileId, (u64, MapEntry)> = HashMap::new();
-        for e in tx.open_table(FILES)?.iter()? {
+        let files = tx.open_table(FILES)?;
+        for e in files.iter()? {
             let (k, v) = e?;
             report.files += 1;
             let id = FileId::from_bytes(k.value().try_into().map_err(|_| crate::Error::corrupt("bad file key"))?);
@@ -133,9 +157,7 @@ impl Store {
                     continue;
                 }
             };
-            let (num, r) = r;
-            let nums = r.chunks.iter().map(|(c, _)| raw_len.get(c).map_or(u32::MAX, |x| x.1)).collect();
-            file_size.insert(id, (r.size, MapEntry { file: num, chunks: nums }));
+            let (_, r) = r;
             if !r.consistent() {
                 report.damaged.push(damage("file", id, "chunk lengths do not add up to its size"));
             }
@@ -143,9 +165,9 @@ impl Store {
                 report.damaged.push(damage("file", id, "one-chunk file whose chunk id differs from its id"));
             }
             for (c, len) in &r.chunks {
-                match raw_len.get(c) {
+                match all.get(c) {
                     None => report.damaged.push(damage("file", id, format!("chunk {c} is missing"))),
-                    Some((l, _)) if l != len => {
+                    Some(loc) if loc.raw_len != *len => {
                         report.damaged.push(damage("file", id, format!("chunk {c} length differs")))
                     }
                     _ => {}
@@ -164,12 +186,14 @@ impl Store {
                     continue;
                 }
             };
-            let recipe = recipes.get(k.value())?.map(|r| r.value().to_vec());
-            let map = maps.get(k.value())?.map(|m| LayerMap::decode(m.value()));
-            if let Err(problem) = check_recipe(&info, recipe, map, &file_size) {
+            let recipe = recipes.get(k.value())?;
+            let recipe = recipe.as_ref().map(|r| r.value());
+            let map = maps.get(k.value())?;
+            let map = map.as_ref().map(|m| m.value());
+            if let Err(problem) = check_recipe(&info, recipe, map, &files, &all) {
                 report.damaged.push(damage("layer", info.id, problem));
             }
-            if let Some(problem) = self.check_layer_object(&info.id) {
+            if let Some(problem) = self.check_layer_object(&info, recipe, &files) {
                 report.damaged.push(damage("layer", info.id, problem));
             }
         }
@@ -257,36 +281,150 @@ fn check_pack(pid: PackId, bytes: &[u8], info: Option<&PackInfo>, chunks: &[(Chu
     bad
 }
 
-fn check_recipe(
+/// The layer recipe against the layer's record (its size), FILES (each
+/// file's size) and its number map (each content item's file and chunk
+/// numbers, from FILES and `chunks`), read one item at a time.
+fn check_recipe<F>(
     info: &LayerInfo,
-    recipe: Option<Vec<u8>>,
-    map: Option<Result<LayerMap>>,
-    files: &HashMap<FileId, (u64, MapEntry)>,
-) -> Result<(), String> {
+    recipe: Option<&[u8]>,
+    map: Option<&[u8]>,
+    files: &F,
+    chunks: &Chunks,
+) -> Result<(), String>
+where
+    F: ReadableTable<&'static [u8], &'static [u8]>,
+{
     let recipe = recipe.ok_or("recipe is missing")?;
-    let map = map.ok_or("number map is missing")?.map_err(|e| e.to_string())?;
-    let mut entries = map.entries.iter();
+    let map = map.ok_or("number map is missing")?;
+    let mut entries = LayerMap::entries(map).map_err(|e| e.to_string())?;
     let mut total = 0u64;
-    for item in RecipeReader::new(recipe).map_err(|e| e.to_string())? {
+    for item in RecipeReader::borrowed(recipe).map_err(|e| e.to_string())? {
         match item.map_err(|e| e.to_string())? {
             RecipeItem::Raw(b) => total += b.len() as u64,
             RecipeItem::File { id, size, .. } | RecipeItem::Data { id, size } => {
                 total += size;
-                let (s, want) = files.get(&id).ok_or_else(|| format!("file {id} is missing"))?;
-                if *s != size {
-                    return Err(format!("file {id} is {s} bytes, recipe says {size}"));
+                // A FILES value that does not decode is reported on its own.
+                let missing = || format!("file {id} is missing");
+                let value = files.get(&id.as_bytes()[..]).map_err(|e| e.to_string())?.ok_or_else(missing)?;
+                let (num, r) = crate::index::decode_file(value.value()).map_err(|_| missing())?;
+                if r.size != size {
+                    return Err(format!("file {id} is {} bytes, recipe says {size}", r.size));
                 }
-                if entries.next() != Some(want) {
-                    return Err(format!("number map disagrees with the index at file {id}"));
+                let nums = r.chunks.iter().map(|(c, _)| chunks.get(c).map_or(u32::MAX, |l| l.num)).collect();
+                match entries.next() {
+                    Some(Ok(e)) if e == MapEntry { file: num, chunks: nums } => {}
+                    Some(Err(e)) => return Err(e.to_string()),
+                    _ => return Err(format!("number map disagrees with the index at file {id}")),
                 }
             }
         }
     }
-    if entries.next().is_some() {
-        return Err("number map has more entries than the recipe".into());
+    match entries.next() {
+        None => {}
+        Some(Err(e)) => return Err(e.to_string()),
+        Some(Ok(_)) => return Err("number map has more entries than the recipe".into()),
     }
     if total != info.tar_size {
         return Err(format!("recipe rebuilds {total} bytes, layer is {}", info.tar_size));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::index::{self, CHUNKS, FILES, LAYER_MAPS};
+    use crate::layermap::LayerMap;
+    use crate::{FileId, IngestOptions, Store, VerifyOptions};
+    use redb::ReadableTable;
+
+    /// A fresh store holding one layer (two files, one of them twice), with
+    /// `damage` done to its index; what verify then says, problem by problem.
+    fn problems(damage: impl FnOnce(&redb::WriteTransaction, &[u8])) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let big = crate::testutil::noise(200_000, 9);
+        let tar = crate::testutil::tar_of(&[("a", b"alpha"), ("b", &big), ("c", b"alpha")]);
+        let id = store.ingest(&tar[..], &IngestOptions::default()).unwrap().layer.id;
+        assert!(store.verify(VerifyOptions::default()).unwrap().is_clean());
+        let tx = store.db.begin_write().unwrap();
+        damage(&tx, &id.as_bytes()[..]);
+        tx.commit().unwrap();
+        let r = store.verify(VerifyOptions::default()).unwrap();
+        r.damaged.iter().map(|d| format!("{} {}", d.kind, d.problem)).collect()
+    }
+
+    fn edit_map(tx: &redb::WriteTransaction, key: &[u8], f: impl FnOnce(&mut Vec<u8>)) {
+        let mut t = tx.open_table(LAYER_MAPS).unwrap();
+        let mut v = t.get(key).unwrap().unwrap().value().to_vec();
+        f(&mut v);
+        t.insert(key, &v[..]).unwrap();
+    }
+
+    fn one(p: Vec<String>, want: &str) {
+        assert!(p.len() == 1 && p[0].contains(want), "want one problem with {want:?}: {p:?}");
+    }
+
+    #[test]
+    fn index_damage_is_named() {
+        // The number map: an entry off, one too many, cut short.
+        one(
+            problems(|tx, key| {
+                edit_map(tx, key, |v| {
+                    let m = LayerMap::decode(v).unwrap();
+                    let mut m2 = m.clone();
+                    m2.entries[2].file += 1;
+                    *v = m2.encode();
+                })
+            }),
+            "number map disagrees with the index at file",
+        );
+        one(
+            problems(|tx, key| {
+                edit_map(tx, key, |v| {
+                    let mut m = LayerMap::decode(v).unwrap();
+                    m.entries.push(m.entries[0].clone());
+                    *v = m.encode();
+                })
+            }),
+            "number map has more entries than the recipe",
+        );
+        one(problems(|tx, key| edit_map(tx, key, |v| v.truncate(v.len() - 4))), "layer number map is malformed");
+        one(
+            problems(|tx, key| {
+                edit_map(tx, key, |v| {
+                    let n = u32::from_le_bytes(v[1..5].try_into().unwrap()) + 1;
+                    v[1..5].copy_from_slice(&n.to_le_bytes());
+                })
+            }),
+            "layer number map is malformed",
+        );
+        // FILES: a file of another size, a file gone.
+        let a = FileId::of(b"alpha");
+        let p = problems(|tx, _| {
+            let mut t = tx.open_table(FILES).unwrap();
+            let (num, mut r) = index::decode_file(t.get(&a.as_bytes()[..]).unwrap().unwrap().value()).unwrap();
+            r.size += 1;
+            t.insert(&a.as_bytes()[..], &index::encode_file(num, &r)[..]).unwrap();
+        });
+        assert!(p.iter().any(|p| p.contains(&format!("file {a} is 6 bytes, recipe says 5"))), "{p:?}");
+        assert!(p.iter().any(|p| p.contains("chunk lengths do not add up")), "{p:?}");
+        one(
+            problems(|tx, _| {
+                tx.open_table(FILES).unwrap().remove(&a.as_bytes()[..]).unwrap();
+            }),
+            &format!("file {a} is missing"),
+        );
+        // CHUNKS: a chunk row gone is named by the file that uses it.
+        let p = problems(|tx, _| {
+            tx.open_table(CHUNKS).unwrap().remove(&a.as_bytes()[..]).unwrap();
+        });
+        assert!(
+            p.iter().any(|p| p.starts_with("file") && p.ends_with(&format!("chunk {} is missing", a.as_chunk()))),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(|p| p.contains("number map disagrees")),
+            "the map's chunk number no longer matches: {p:?}"
+        );
+    }
 }

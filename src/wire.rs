@@ -43,6 +43,11 @@ impl<'a, F: Fn(&str) -> Error> Reader<'a, F> {
         self.take(n)
     }
 
+    /// The bytes not read yet (still to be read).
+    pub fn rest(&self) -> &'a [u8] {
+        self.rest
+    }
+
     /// Fail unless every byte was read.
     pub fn finish(self) -> Result<()> {
         if self.rest.is_empty() {
