@@ -162,8 +162,12 @@ impl<'a> LayerObjectView<'a> {
         for item in RecipeReader::borrowed(recipe)? {
             if let RecipeItem::File { id: f, .. } | RecipeItem::Data { id: f, .. } = item? {
                 let v = files.get(&f.as_bytes()[..])?.ok_or_else(|| Error::corrupt(format!("file {f} is missing")))?;
-                // A FILES value is the file's number (each index's own), then its recipe.
-                let (num, _) = index::decode_file(v.value())?;
+                // A FILES value is the file's number (each index's own), then
+                // its recipe; one too short to hold a number is not what any
+                // object holds.
+                let Some(num) = v.value().first_chunk::<4>().map(|n| u32::from_le_bytes(*n)) else {
+                    return Ok(false);
+                };
                 if seen.insert(num) {
                     let same = |s: &[u8]| s.get(4..).unwrap_or_default() == v.value().get(4..).unwrap_or_default();
                     if !stored.next().is_some_and(|(sf, sv)| sf == f && same(sv)) {

@@ -180,7 +180,15 @@ impl Store {
             let (k, v) = e?;
             report.layers += 1;
             let info = match LayerInfo::decode(v.value()) {
-                Ok(i) => i,
+                Ok(i) if i.id.as_bytes()[..] == *k.value() => i,
+                Ok(i) => {
+                    report.damaged.push(damage(
+                        "layer",
+                        hex::encode(k.value()),
+                        format!("its record names layer {}", i.id),
+                    ));
+                    continue;
+                }
                 Err(e) => {
                     report.damaged.push(damage("layer", hex::encode(k.value()), e.to_string()));
                     continue;
@@ -296,6 +304,10 @@ where
 {
     let recipe = recipe.ok_or("recipe is missing")?;
     let map = map.ok_or("number map is missing")?;
+    // A malformed map is named as such, whatever else disagrees.
+    for e in LayerMap::entries(map).map_err(|e| e.to_string())? {
+        e.map_err(|e| e.to_string())?;
+    }
     let mut entries = LayerMap::entries(map).map_err(|e| e.to_string())?;
     let mut total = 0u64;
     for item in RecipeReader::borrowed(recipe).map_err(|e| e.to_string())? {
@@ -413,6 +425,31 @@ mod tests {
                 tx.open_table(FILES).unwrap().remove(&a.as_bytes()[..]).unwrap();
             }),
             &format!("file {a} is missing"),
+        );
+        // A FILES value too short to decode: the file, and the layer object no longer matching.
+        let p = problems(|tx, _| {
+            tx.open_table(FILES).unwrap().insert(&a.as_bytes()[..], &[1u8, 2][..]).unwrap();
+        });
+        assert!(p.iter().any(|p| p == "file file record is malformed"), "{p:?}");
+        assert!(p.iter().any(|p| p.contains("differs from the index")), "{p:?}");
+        // A malformed map is named so even when a file disagrees too.
+        let p = problems(|tx, key| {
+            edit_map(tx, key, |v| v.truncate(v.len() - 4));
+            let mut t = tx.open_table(FILES).unwrap();
+            let (num, mut r) = index::decode_file(t.get(&a.as_bytes()[..]).unwrap().unwrap().value()).unwrap();
+            r.size += 1;
+            t.insert(&a.as_bytes()[..], &index::encode_file(num, &r)[..]).unwrap();
+        });
+        assert!(p.iter().any(|p| p.contains("layer number map is malformed")), "{p:?}");
+        // A layer record under another layer's key.
+        one(
+            problems(|tx, key| {
+                let mut t = tx.open_table(crate::index::LAYERS).unwrap();
+                let mut info = crate::index::LayerInfo::decode(t.get(key).unwrap().unwrap().value()).unwrap();
+                info.id = crate::LayerId::from_bytes([7; 32]);
+                t.insert(key, &info.encode()[..]).unwrap();
+            }),
+            &format!("its record names layer {}", crate::LayerId::from_bytes([7; 32])),
         );
         // CHUNKS: a chunk row gone is named by the file that uses it.
         let p = problems(|tx, _| {
