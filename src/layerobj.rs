@@ -145,8 +145,8 @@ impl<'a> LayerObjectView<'a> {
     /// file recipes. What each writer of a shared bucket records in its own
     /// way may differ: file numbers (dense per index), when the layer was
     /// first ingested, the compressed blobs that writer met. Read in place,
-    /// holding one recipe copy and a bitmap of the layer's file numbers. An
-    /// error is the index's damage.
+    /// holding only a bitmap of the layer's file numbers. An error is the
+    /// index's damage.
     pub fn same_as_index<F>(&self, chunker: ChunkerParams, info: &LayerInfo, recipe: &[u8], files: &F) -> Result<bool>
     where
         F: ReadableTable<&'static [u8], &'static [u8]>,
