@@ -204,3 +204,48 @@ impl Backend for LocalBackend {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads `ok` bytes, then fails.
+    struct Failing {
+        ok: usize,
+    }
+
+    impl std::io::Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.ok == 0 {
+                return Err(std::io::Error::other("the spill file went away"));
+            }
+            let n = buf.len().min(self.ok);
+            buf[..n].fill(7);
+            self.ok -= n;
+            Ok(n)
+        }
+    }
+
+    /// A layer object streamed in: written whole, or (source failing or
+    /// short) not at all, and no `.tmp` left either way; a failed write
+    /// leaves the object it was to replace as it was.
+    #[test]
+    fn a_streamed_layer_object_is_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path().join("packs")).unwrap();
+        let id = LayerId::from_bytes([3; 32]);
+        let leftovers = || fs::read_dir(dir.path().join("packs/layers")).unwrap().count();
+        let e = b.put_layer_from(&id, 300_000, &mut Failing { ok: 100_000 }).unwrap_err();
+        assert!(e.to_string().contains("the spill file went away"), "{e}");
+        assert_eq!(b.get_layer(&id).unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(leftovers(), 0);
+        let e = b.put_layer_from(&id, 300_000, &mut &[1u8; 1000][..]).unwrap_err();
+        assert!(e.to_string().contains("ended at 1000 of 300000 bytes"), "{e}");
+        assert_eq!(leftovers(), 0);
+        b.put_layer_from(&id, 5, &mut &b"abcdefgh"[..]).unwrap();
+        assert_eq!(b.get_layer(&id).unwrap(), b"abcde", "exactly `len` bytes");
+        b.put_layer_from(&id, 10, &mut Failing { ok: 4 }).unwrap_err();
+        assert_eq!(b.get_layer(&id).unwrap(), b"abcde", "the old object stays");
+        assert_eq!(leftovers(), 1);
+    }
+}
