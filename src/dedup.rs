@@ -191,12 +191,8 @@ impl Store {
         let tx = self.db.begin_read()?;
         let key = &diff.layer.as_bytes()[..];
         let info = self.layer(&diff.layer)?.ok_or_else(|| Error::not_found(format!("layer {} is gone", diff.layer)))?;
-        let recipe = tx
-            .open_table(RECIPES)?
-            .get(key)?
-            .ok_or_else(|| Error::not_found(format!("layer {} is gone", diff.layer)))?
-            .value()
-            .to_vec();
+        let recipe = index::get_parted(&tx.open_table(RECIPES)?, key, "recipe")?
+            .ok_or_else(|| Error::not_found(format!("layer {} is gone", diff.layer)))?;
         let files_t = tx.open_table(FILES)?;
         let chunks_t = tx.open_table(CHUNKS)?;
         let chunk = |id: &ChunkId| -> Result<Vec<u8>> {

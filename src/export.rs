@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::ids::{ChunkId, FileId, LayerId};
-use crate::index::{CHUNKS, FILES, RECIPES};
+use crate::index::{self, CHUNKS, FILES, RECIPES};
 use crate::pack::ChunkLoc;
 use crate::recipe::{FileRecipe, RecipeItem, RecipeReader};
 use crate::store::Store;
@@ -31,10 +31,7 @@ impl Store {
     /// Open a layer for reading.
     pub fn open_layer(&self, id: &LayerId) -> Result<LayerReader<'_>> {
         let tx = self.db.begin_read()?;
-        let recipe = tx
-            .open_table(RECIPES)?
-            .get(&id.as_bytes()[..])?
-            .map(|v| v.value().to_vec())
+        let recipe = index::get_parted(&tx.open_table(RECIPES)?, &id.as_bytes()[..], "recipe")?
             .ok_or_else(|| Error::not_found(format!("layer {id} is not in the store")))?;
         Ok(LayerReader {
             store: self,

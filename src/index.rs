@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use crate::ids::{BlobDigest, LayerId};
 use crate::input::Compression;
 use crate::recipe::FileRecipe;
-use redb::TableDefinition;
+use redb::{ReadableTable, TableDefinition};
 
 /// Store-wide settings: format version, chunker parameters.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -141,6 +141,80 @@ pub(crate) fn set_flag(db: &redb::Database, key: &str) -> Result<()> {
     Ok(())
 }
 
+/// RECIPES and LAYER_MAPS values longer than this are stored in parts, under
+/// the layer id followed by the part's number (u32 big-endian), from 0 on:
+/// redb builds a value in one page run of the next power of two, and a
+/// layer of 2,000,000 small files has a 100 MB recipe. Just under 1 MiB, so
+/// that a part and its leaf header fit a 1 MiB page. The crate's unit tests
+/// use 1 KiB, so that their layers' recipes and maps go in parts.
+pub(crate) const PART_BYTES: usize = if cfg!(test) { 1 << 10 } else { (1 << 20) - (4 << 10) };
+
+fn part_key(key: &[u8], n: u32) -> Vec<u8> {
+    let mut k = key.to_vec();
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+type BytesTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
+
+/// Store `len` bytes from `src` as `key`'s value: whole when they fit in
+/// [`PART_BYTES`], else in parts. What `key` held before goes, in either form.
+pub(crate) fn put_parted(t: &mut BytesTable<'_>, key: &[u8], len: u64, src: &mut dyn std::io::Read) -> Result<()> {
+    remove_parted(t, key)?;
+    let fill = |dst: &mut [u8], src: &mut dyn std::io::Read| {
+        src.read_exact(dst).map_err(|e| Error::io("reading a large index value back", e))
+    };
+    if len <= PART_BYTES as u64 {
+        return fill(t.insert_reserve(key, len as u32)?.as_mut(), src);
+    }
+    let (mut left, mut n) = (len, 0u32);
+    while left > 0 {
+        let take = left.min(PART_BYTES as u64);
+        fill(t.insert_reserve(&part_key(key, n)[..], take as u32)?.as_mut(), src)?;
+        left -= take;
+        n = n.checked_add(1).ok_or_else(|| Error::invalid("an index value of more than 2^32 parts"))?;
+    }
+    Ok(())
+}
+
+/// Remove `key`'s value, whole or in parts.
+pub(crate) fn remove_parted(t: &mut BytesTable<'_>, key: &[u8]) -> Result<()> {
+    t.remove(key)?;
+    let parts: Vec<Vec<u8>> = t
+        .range(&part_key(key, 0)[..]..=&part_key(key, u32::MAX)[..])?
+        .map(|e| e.map(|(k, _)| k.value().to_vec()))
+        .collect::<std::result::Result<_, _>>()?;
+    for k in parts {
+        t.remove(&k[..])?;
+    }
+    Ok(())
+}
+
+/// `key`'s value, whole or put together from its parts; an error if its
+/// parts are not numbered 0, 1, ... or it is stored both ways. `what` names
+/// the value in that error ("recipe", "number map").
+pub(crate) fn get_parted<T>(t: &T, key: &[u8], what: &str) -> Result<Option<Vec<u8>>>
+where
+    T: redb::ReadableTable<&'static [u8], &'static [u8]>,
+{
+    let whole = t.get(key)?.map(|v| v.value().to_vec());
+    let mut parts = t.range(&part_key(key, 0)[..]..=&part_key(key, u32::MAX)[..])?;
+    let Some(first) = parts.next() else { return Ok(whole) };
+    let damaged = |problem: String| Error::corrupt(format!("{what} of layer {}: {problem}", hex::encode(key)));
+    if whole.is_some() {
+        return Err(damaged("stored both whole and in parts".into()));
+    }
+    let mut v = Vec::new();
+    for (i, e) in std::iter::once(first).chain(parts).enumerate() {
+        let (k, part) = e?;
+        if k.value().len() != key.len() + 4 || k.value()[key.len()..] != (i as u32).to_be_bytes() {
+            return Err(damaged(format!("part {i} is missing")));
+        }
+        v.extend_from_slice(part.value());
+    }
+    Ok(Some(v))
+}
+
 /// A pack's record in the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PackInfo {
@@ -187,5 +261,50 @@ mod tests {
         assert!(LayerInfo::decode(&l.encode()[1..]).is_err());
         let p = PackInfo { len: 5, chunks: 1 };
         assert_eq!(PackInfo::decode(&p.encode()).unwrap(), p);
+    }
+
+    #[test]
+    fn large_values_go_in_parts() {
+        const T: TableDefinition<&[u8], &[u8]> = TableDefinition::new("t");
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("db")).unwrap();
+        let (key, other) = ([7u8; 32], [8u8; 32]);
+        let big: Vec<u8> = (0..PART_BYTES * 3 + 5).map(|i| (i * 7 % 251) as u8).collect();
+        let put = |k: &[u8], v: &[u8]| {
+            let tx = db.begin_write().unwrap();
+            put_parted(&mut tx.open_table(T).unwrap(), k, v.len() as u64, &mut &v[..]).unwrap();
+            tx.commit().unwrap();
+        };
+        let get = |k: &[u8]| get_parted(&db.begin_read().unwrap().open_table(T).unwrap(), k, "recipe");
+        let keys = || -> Vec<Vec<u8>> {
+            let tx = db.begin_read().unwrap();
+            let t = tx.open_table(T).unwrap();
+            t.iter().unwrap().map(|e| e.unwrap().0.value().to_vec()).collect()
+        };
+        put(&other, b"neighbour");
+        put(&key, &big);
+        assert_eq!(keys().len(), 5, "four parts and the neighbour");
+        assert!(keys().iter().filter(|k| k.len() == 36).all(|k| k[..32] == key), "parts under the key");
+        assert_eq!(get(&key).unwrap().unwrap(), big);
+        assert_eq!(get(&other).unwrap().unwrap(), b"neighbour");
+        assert_eq!(get(&[9u8; 32]).unwrap(), None);
+        // A small value replaces the parts; parts replace a whole value.
+        put(&key, b"small");
+        assert_eq!(keys().len(), 2);
+        assert_eq!(get(&key).unwrap().unwrap(), b"small");
+        put(&key, &big);
+        assert_eq!(get(&key).unwrap().unwrap(), big);
+        // Damage: a part gone, or the value stored both ways.
+        let tx = db.begin_write().unwrap();
+        tx.open_table(T).unwrap().remove(&part_key(&key, 1)[..]).unwrap();
+        tx.commit().unwrap();
+        let e = get(&key).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Corrupt);
+        assert!(e.to_string().contains("recipe of layer 0707") && e.to_string().contains("part 1 is missing"), "{e}");
+        put(&key, &big);
+        let tx = db.begin_write().unwrap();
+        tx.open_table(T).unwrap().insert(&key[..], &b"whole"[..]).unwrap();
+        tx.commit().unwrap();
+        assert!(get(&key).unwrap_err().to_string().contains("both whole and in parts"));
     }
 }

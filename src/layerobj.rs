@@ -281,7 +281,8 @@ where
     let info_bytes =
         layers.get(key)?.ok_or_else(|| Error::not_found(format!("layer {id} is not in the index")))?.value().to_vec();
     let info = LayerInfo::decode(&info_bytes)?;
-    let recipe = recipes.get(key)?.ok_or_else(|| Error::corrupt(format!("layer {id} has no recipe")))?.value().to_vec();
+    let recipe = index::get_parted(recipes, key, "recipe")?
+        .ok_or_else(|| Error::corrupt(format!("layer {id} has no recipe")))?;
     let mut seen = HashSet::new();
     let mut fs = Vec::new();
     for item in RecipeReader::new(recipe.clone())? {

@@ -106,8 +106,9 @@ fn sets_of(
     if let Some(v) = sets.get(&l.as_bytes()[..])? {
         return decode_sets(v.value());
     }
-    let m = maps.get(&l.as_bytes()[..])?.ok_or_else(|| Error::not_found(format!("layer {l} is not in the store")))?;
-    let m = LayerMap::decode(m.value())?;
+    let m = index::get_parted(maps, &l.as_bytes()[..], "number map")?
+        .ok_or_else(|| Error::not_found(format!("layer {l} is not in the store")))?;
+    let m = LayerMap::decode(&m)?;
     Ok((m.file_set(), m.chunk_set()))
 }
 
@@ -119,10 +120,16 @@ pub(crate) fn stale_layer_sets(tx: &redb::ReadTransaction) -> Result<Vec<(String
     for e in sets.iter()? {
         let (k, v) = e?;
         let key = hex::encode(k.value());
-        let problem = match (maps.get(k.value())?, decode_sets(v.value())) {
+        let map = match index::get_parted(&maps, k.value(), "number map") {
+            Ok(m) => m,
+            // The map's own damage is reported by the layer check.
+            Err(e) if e.kind() == crate::ErrorKind::Corrupt => continue,
+            Err(e) => return Err(e),
+        };
+        let problem = match (map, decode_sets(v.value())) {
             (None, _) => "file and chunk sets of a layer the index lacks".to_string(),
             (_, Err(e)) => format!("file and chunk sets: {e}"),
-            (Some(m), Ok(got)) => match LayerMap::decode(m.value()) {
+            (Some(m), Ok(got)) => match LayerMap::decode(&m) {
                 Ok(m) if (m.file_set(), m.chunk_set()) == got => continue,
                 Ok(_) => "file and chunk sets disagree with the number map".to_string(),
                 Err(_) => continue, // the map's own damage is reported by the layer check
@@ -142,9 +149,9 @@ fn store_sets(tx: &redb::WriteTransaction, layers: &[LayerId]) -> Result<()> {
         if sets.get(&l.as_bytes()[..])?.is_some() {
             continue;
         }
-        let m =
-            maps.get(&l.as_bytes()[..])?.ok_or_else(|| Error::not_found(format!("layer {l} is not in the store")))?;
-        let m = LayerMap::decode(m.value())?;
+        let m = index::get_parted(&maps, &l.as_bytes()[..], "number map")?
+            .ok_or_else(|| Error::not_found(format!("layer {l} is not in the store")))?;
+        let m = LayerMap::decode(&m)?;
         sets.insert(&l.as_bytes()[..], &encode_sets(&m.file_set(), &m.chunk_set())[..])?;
     }
     Ok(())
@@ -425,8 +432,9 @@ impl Store {
         let missing = || Error::not_found(format!("layer {layer} is not in the store"));
         let info = LayerInfo::decode(tx.open_table(LAYERS)?.get(key)?.ok_or_else(missing)?.value())?;
         let recipes = tx.open_table(RECIPES)?;
-        let recipe = recipes.get(key)?.ok_or_else(missing)?.value().to_vec();
-        let map = LayerMap::decode(tx.open_table(LAYER_MAPS)?.get(key)?.ok_or_else(missing)?.value())?;
+        let recipe = index::get_parted(&recipes, key, "recipe")?.ok_or_else(missing)?;
+        let map =
+            LayerMap::decode(&index::get_parted(&tx.open_table(LAYER_MAPS)?, key, "number map")?.ok_or_else(missing)?)?;
         let files_t = tx.open_table(FILES)?;
         let mut entries = map.entries.into_iter();
         let magic = crate::dedup::magic_text(layer, info.tar_size, c, self.params);
@@ -490,8 +498,8 @@ impl Store {
         if opts.deltas && files.iter().any(|d| d.state != FileState::Held) {
             let mut bases = crate::delta::BaseIndex::default();
             for l in &p.layers {
-                let Some(r) = recipes.get(&l.as_bytes()[..])? else { continue };
-                for item in RecipeReader::new(r.value().to_vec())? {
+                let Some(r) = index::get_parted(&recipes, &l.as_bytes()[..], "recipe")? else { continue };
+                for item in RecipeReader::new(r)? {
                     if let RecipeItem::File { id, size, path } = item? {
                         bases.add(&path, id, size);
                     }

@@ -240,11 +240,12 @@ impl Store {
             for o in &kept {
                 let key = &o.info.id.as_bytes()[..];
                 layers.insert(key, &o.info_bytes[..])?;
-                recipes.insert(key, &o.recipe[..])?;
+                index::put_parted(&mut recipes, key, o.recipe.len() as u64, &mut &o.recipe[..])?;
                 for b in &o.blobs {
                     blobs.insert(&b.as_bytes()[..], key)?;
                 }
-                maps.insert(key, &layer_map(&o.info.id, &o.recipe, &files, &chunks)?.encode()[..])?;
+                let map = layer_map(&o.info.id, &o.recipe, &files, &chunks)?.encode();
+                index::put_parted(&mut maps, key, map.len() as u64, &mut &map[..])?;
             }
             let mut meta = tx.open_table(META)?;
             let next_chunk = u32::try_from(chunk_order.len()).expect("checked above");

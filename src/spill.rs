@@ -13,8 +13,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Bytes kept in memory before the rest goes to a file: a layer of a few
-/// thousand files never touches the disk for this.
-pub(crate) const SPILL_AT: usize = 4 << 20;
+/// thousand files never touches the disk for this. The crate's unit tests
+/// spill past 64 KiB, so that their ingests do.
+pub(crate) const SPILL_AT: usize = if cfg!(test) { 64 << 10 } else { 4 << 20 };
 
 #[derive(Default)]
 pub(crate) struct Spill {
@@ -31,7 +32,6 @@ impl Spill {
     }
 
     /// Bytes appended so far.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
     }
@@ -51,6 +51,23 @@ impl Spill {
         }
         self.len += b.len();
         Ok(())
+    }
+
+    /// Bytes `at..at + buf.len()` of those appended so far.
+    pub fn read_at(&mut self, at: usize, buf: &mut [u8]) -> Result<()> {
+        let end = at + buf.len();
+        if end > self.len {
+            return Err(Error::corrupt(format!("internal: reading {at}..{end} of a {}-byte spill", self.len)));
+        }
+        let Some(f) = &mut self.file else {
+            buf.copy_from_slice(&self.mem[at..end]);
+            return Ok(());
+        };
+        let dir = self.dir.as_ref().expect("a file has a dir");
+        if end > self.len - f.buffer().len() {
+            f.flush().map_err(|e| io_err(dir, e))?;
+        }
+        std::os::unix::fs::FileExt::read_exact_at(f.get_ref(), buf, at as u64).map_err(|e| io_err(dir, e))
     }
 
     /// Everything appended, to be read back (any number of times).
@@ -113,11 +130,6 @@ impl Spilled {
                 Ok(out)
             }
         }
-    }
-
-    /// Fill `dst` from its start: for a value of exactly [`Spilled::len`] bytes.
-    pub fn read_into(&self, dst: &mut [u8]) -> Result<()> {
-        self.reader().read_exact(dst).map_err(|e| self.err(e))
     }
 
     fn err(&self, e: std::io::Error) -> Error {
@@ -193,7 +205,8 @@ impl Write for Spill {
 }
 
 /// Bytes of records one run of [`SortedRuns`] sorts in memory.
-pub(crate) const RUN_BYTES: usize = 4 << 20;
+/// (256 KiB in the crate's unit tests, so that their ingests make runs).
+pub(crate) const RUN_BYTES: usize = if cfg!(test) { 256 << 10 } else { 4 << 20 };
 
 /// Records, each a 32-byte key and some bytes, appended in any order and
 /// read back in key order: an external merge sort. Runs of up to
@@ -372,7 +385,7 @@ impl Merge {
 
 /// A new file in `dir`, already unlinked. The store is one process's at a
 /// time (redb's lock), so the pid and a counter make its name unique.
-fn unlinked_file(dir: &std::path::Path) -> Result<File> {
+pub(crate) fn unlinked_file(dir: &std::path::Path) -> Result<File> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let path = dir.join(format!("spill-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
     let f = File::options()
@@ -410,11 +423,23 @@ mod tests {
         assert!(s.file.is_some(), "spilled");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the file is unlinked");
         assert_eq!(s.len(), want.len());
+        // Read back while written: from the file, from the writer's buffer, across both.
+        for at in [0, 1000, SPILL_AT - 3, want.len() - 5000, want.len() - 10] {
+            let mut b = vec![0u8; 10];
+            s.read_at(at, &mut b).unwrap();
+            assert_eq!(b, want[at..at + 10], "at {at}");
+        }
+        assert!(s.read_at(want.len() - 5, &mut [0u8; 10]).is_err(), "past the end");
+        s.extend(b"tail").unwrap();
+        want.extend_from_slice(b"tail");
         assert!(s.into_vec().unwrap() == want);
         // Without a directory, or under the limit: memory only.
         let mut m = Spill::new(None);
         m.extend(&vec![7; SPILL_AT + 1]).unwrap();
         assert!(m.file.is_none());
+        let mut b = [0u8; 2];
+        m.read_at(SPILL_AT - 1, &mut b).unwrap();
+        assert_eq!(b, [7, 7]);
         assert_eq!(m.into_vec().unwrap().len(), SPILL_AT + 1);
     }
 
@@ -457,7 +482,7 @@ mod tests {
     #[test]
     fn sorted_runs_merge_back_in_key_order() {
         let dir = tempfile::tempdir().unwrap();
-        // Many runs in a file (each record ~30 bytes, runs of 4 MiB), and a
+        // Many runs in a file (each record ~30 bytes, runs of `RUN_BYTES`), and a
         // record longer than a whole run.
         let mut runs = SortedRuns::new(Some(dir.path().to_path_buf()));
         let want = push_random(&mut runs, 600_000, 1);

@@ -227,12 +227,8 @@ impl Store {
     /// The bundle of a layer's recipe and its files' recipes.
     pub fn recipe_bundle(&self, layer: &LayerId) -> Result<RecipeBundle> {
         let tx = self.db.begin_read()?;
-        let recipe = tx
-            .open_table(RECIPES)?
-            .get(&layer.as_bytes()[..])?
-            .ok_or_else(|| Error::not_found(format!("layer {layer} is not in the store")))?
-            .value()
-            .to_vec();
+        let recipe = index::get_parted(&tx.open_table(RECIPES)?, &layer.as_bytes()[..], "recipe")?
+            .ok_or_else(|| Error::not_found(format!("layer {layer} is not in the store")))?;
         let files_t = tx.open_table(FILES)?;
         let mut files = HashMap::new();
         for item in RecipeReader::new(recipe.clone())? {

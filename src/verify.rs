@@ -1,9 +1,9 @@
 //! Verify: re-hash every chunk, check every file and layer recipe, and
 //! optionally rebuild every layer against its diff_id.
 
-use crate::error::Result;
+use crate::error::{ErrorKind, Result};
 use crate::ids::{ChunkId, FileId, LayerId, PackId};
-use crate::index::{LayerInfo, PackInfo, CHUNKS, FILES, LAYERS, LAYER_MAPS, PACKS, RECIPES};
+use crate::index::{self, LayerInfo, PackInfo, CHUNKS, FILES, LAYERS, LAYER_MAPS, PACKS, RECIPES};
 use crate::layermap::{LayerMap, MapEntry};
 use crate::layerobj::LayerObjectView;
 use crate::pack::{self, ChunkLoc};
@@ -194,10 +194,23 @@ impl Store {
                     continue;
                 }
             };
-            let recipe = recipes.get(k.value())?;
-            let recipe = recipe.as_ref().map(|r| r.value());
-            let map = maps.get(k.value())?;
-            let map = map.as_ref().map(|m| m.value());
+            let (recipe, map) = match (
+                index::get_parted(&recipes, k.value(), "recipe"),
+                index::get_parted(&maps, k.value(), "number map"),
+            ) {
+                (Ok(r), Ok(m)) => (r, m),
+                (r, m) => {
+                    // Parts out of order or missing: named as such.
+                    for e in [r.err(), m.err()].into_iter().flatten() {
+                        if e.kind() != ErrorKind::Corrupt {
+                            return Err(e);
+                        }
+                        report.damaged.push(damage("layer", info.id, e.to_string()));
+                    }
+                    continue;
+                }
+            };
+            let (recipe, map) = (recipe.as_deref(), map.as_deref());
             if let Err(problem) = check_recipe(&info, recipe, map, &files, &all) {
                 report.damaged.push(damage("layer", info.id, problem));
             }

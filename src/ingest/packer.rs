@@ -1,7 +1,8 @@
 //! The packer thread of an ingest: appends each prepared batch's new chunks
 //! to packs and writes the file recipes and the layer recipe, in stream order.
 
-use super::rows::{Claims, FileValue, HeldIndex};
+use super::claims::Claims;
+use super::rows::{FileValue, HeldIndex};
 use super::{Batch, Done, Piece, Prepared, Written};
 use crate::error::Result;
 use crate::failpoint;
@@ -31,6 +32,7 @@ impl Store {
         let result = (|| -> Result<()> {
             for p in rx {
                 self.pack_batch(&mut st, p)?;
+                claims.freeze_if_full()?;
             }
             if let Some(pw) = st.pack.take() {
                 self.seal(pw, &mut st.w)?;

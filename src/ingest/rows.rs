@@ -10,15 +10,14 @@
 //! commit reads go through a [`Spill`] or, the rows it inserts in key
 //! order, [`SortedRuns`].
 
+use super::claims::{Claims, NOT_NUMBERED, NOT_PLACED};
 use crate::error::{Error, Result};
 use crate::ids::{ChunkId, FileId, PackId};
 use crate::index::{self, CHUNKS, FILES, META};
 use crate::pack::ChunkLoc;
 use crate::recipe::FileRecipe;
 use crate::spill::{Merge, SortedRuns, Spill, Spilled};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 /// A content item's FILES value: a recipe new to the index (numbered here),
 /// or the value the index holds.
@@ -39,8 +38,10 @@ pub(crate) struct LayerRows {
     chunks: SortedRuns,
     /// Packs the backend stored under another id: (asked, given).
     renamed: Vec<(PackId, PackId)>,
-    /// The LAYER_MAPS value: `version | count` (filled in by `finish`), then entries.
-    map: Vec<u8>,
+    /// The LAYER_MAPS value's head: `version | count` (filled in by `finish`).
+    map_head: [u8; 5],
+    /// Its entries: 12 bytes a file or more, so they spill too.
+    map: Spill,
     entries: u32,
     /// The layer object's files section: `(id [32] | len u32 | FILES value)`
     /// per distinct content item, in first-use order.
@@ -77,7 +78,8 @@ impl LayerRows {
             next_file,
             chunks: SortedRuns::new(spill_dir.clone()),
             renamed: Vec::new(),
-            map: crate::layermap::head().to_vec(),
+            map_head: crate::layermap::head(),
+            map: Spill::new(spill_dir.clone()),
             entries: 0,
             files: Spill::new(spill_dir.clone()),
             file_count: 0,
@@ -98,10 +100,7 @@ impl LayerRows {
         }
         loc.num = self.next_chunk;
         self.next_chunk += 1;
-        claims.update(id.as_bytes(), |c| {
-            c.chunk = loc.num;
-            c.chunk_claimed = true;
-        });
+        claims.numbered(&id, loc.num);
         self.chunks.push(id.as_bytes(), &loc.encode())
     }
 
@@ -119,10 +118,13 @@ impl LayerRows {
     /// A content item met before in this layer: repeat its map entry and
     /// return its chunk count; `None` if it is new to the layer.
     pub fn repeat(&mut self, claims: &Claims, id: &FileId) -> Result<Option<u64>> {
-        let Some(at) = claims.placed(id) else { return Ok(None) };
-        let at = at as usize;
-        let n = u32::from_le_bytes(self.map[at + 4..at + 8].try_into().expect("4 bytes")) as usize;
-        self.map.extend_from_within(at..at + 8 + 4 * n);
+        let Some(at) = claims.placed(id)? else { return Ok(None) };
+        let mut head = [0u8; 8];
+        self.map.read_at(at as usize, &mut head)?;
+        let n = u32::from_le_bytes(head[4..].try_into().expect("4 bytes")) as usize;
+        let mut entry = vec![0u8; 8 + 4 * n];
+        self.map.read_at(at as usize, &mut entry)?;
+        self.map.extend(&entry)?;
         self.entries = self.entries.checked_add(1).ok_or_else(full)?;
         Ok(Some(n as u64))
     }
@@ -145,10 +147,11 @@ impl LayerRows {
             }
         };
         let at = self.map.len();
-        self.map.extend_from_slice(&num.to_le_bytes());
-        self.map.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+        let mut entry = Vec::with_capacity(8 + 4 * chunks.len());
+        entry.extend_from_slice(&num.to_le_bytes());
+        entry.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
         for (cid, _) in chunks {
-            let n = match claims.chunk(cid) {
+            let n = match claims.chunk(cid)? {
                 Some(Some(n)) => n,
                 // Claimed chunks are packed before any file that uses them.
                 Some(None) => return Err(Error::corrupt(format!("internal: chunk {cid} used before it was packed"))),
@@ -156,11 +159,12 @@ impl LayerRows {
                     held.chunk_num(cid)?.ok_or_else(|| Error::corrupt(format!("chunk {cid} vanished during ingest")))?
                 }
             };
-            self.map.extend_from_slice(&n.to_le_bytes());
+            entry.extend_from_slice(&n.to_le_bytes());
         }
+        self.map.extend(&entry)?;
         self.entries = self.entries.checked_add(1).ok_or_else(full)?;
         let at = u32::try_from(at).ok().filter(|at| *at < NOT_PLACED).ok_or_else(full)?;
-        claims.update(id.as_bytes(), |c| c.file = at);
+        claims.place(&id, at);
         self.files.extend(id.as_bytes())?;
         self.files.extend(&(value.len() as u32).to_le_bytes())?;
         self.files.extend(&value)?;
@@ -171,12 +175,12 @@ impl LayerRows {
     /// The last content item is in: fill in the map's count.
     pub fn finish(&mut self) {
         let entries = self.entries.to_le_bytes();
-        self.map[1..5].copy_from_slice(&entries);
+        self.map_head[1..5].copy_from_slice(&entries);
     }
 
-    /// The LAYER_MAPS value (after [`LayerRows::finish`]).
-    pub fn take_map(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.map)
+    /// The LAYER_MAPS value (after [`LayerRows::finish`]): its head and its entries.
+    pub fn take_map(&mut self) -> Result<([u8; 5], Spilled)> {
+        Ok((self.map_head, std::mem::take(&mut self.map).finish()?))
     }
 
     /// The new rows and the files section, to be read back (from memory,
@@ -216,124 +220,6 @@ pub(crate) fn insert_in_blocks(m: &mut Merge, mut insert: impl FnMut(&[u8]) -> R
             insert(&block[start..start + len])?;
         }
     }
-}
-
-/// Content ids this ingest has met so far, shared by the parallel pass and
-/// the packer. The parallel pass claims new content (whoever claims an id
-/// first chunks or compresses it, once); the packer then records where it
-/// put it: a file's entry in the number map, a chunk's number. One map for
-/// both kinds and both jobs, since for a layer of many small files it is
-/// most of the ingest's memory (a one-chunk file's id is its chunk's too).
-///
-/// In shards that each grow on their own, of unequal shares of the ids
-/// (shard `i` takes a share growing as 2^(i/64)): a hash table doubles its
-/// room when 7/8 full, and equal shards of random ids would all double at
-/// once. So the map's room grows smoothly (on average ~75 bytes an id,
-/// where all at once it would swing between 51 and 103), and no doubling
-/// holds the whole map three times over: the walk of a layer of 2,000,000
-/// small files peaked at 331 MiB with equal shards, 275 MiB so.
-pub(crate) struct Claims {
-    shards: Box<[Mutex<Shard>]>,
-    /// Shard `i` takes ids whose first two bytes (big-endian) are below
-    /// `bounds[i]` and not below `bounds[i - 1]`.
-    bounds: Box<[u32]>,
-}
-
-type Shard = HashMap<[u8; 32], Claim>;
-
-/// What an ingest knows of one id: as a content item, the offset of its
-/// number map entry, `NOT_PLACED` while only claimed, or `NONE`; as a chunk
-/// (if `chunk_claimed`), its number, or `NOT_NUMBERED` until the packer
-/// gives it one.
-#[derive(Clone, Copy)]
-struct Claim {
-    file: u32,
-    chunk: u32,
-    /// Whether the id is claimed as a chunk (a flag, since every u32 but
-    /// u32::MAX is a chunk number).
-    chunk_claimed: bool,
-}
-
-const UNCLAIMED: Claim = Claim { file: NONE, chunk: NOT_NUMBERED, chunk_claimed: false };
-const NONE: u32 = u32::MAX;
-const NOT_PLACED: u32 = u32::MAX - 1;
-const NOT_NUMBERED: u32 = u32::MAX;
-const SHARDS: usize = 64;
-
-impl Default for Claims {
-    fn default() -> Self {
-        let weight = |i: usize| (i as f64 / SHARDS as f64).exp2();
-        let total: f64 = (0..SHARDS).map(weight).sum();
-        let mut sum = 0.0;
-        let bounds = (0..SHARDS)
-            .map(|i| {
-                sum += weight(i);
-                if i + 1 == SHARDS {
-                    1 << 16
-                } else {
-                    (sum / total * 65536.0) as u32
-                }
-            })
-            .collect();
-        Claims { shards: (0..SHARDS).map(|_| Mutex::default()).collect(), bounds }
-    }
-}
-
-impl Claims {
-    fn shard(&self, id: &[u8; 32]) -> std::sync::MutexGuard<'_, Shard> {
-        let top = u32::from(u16::from_be_bytes([id[0], id[1]]));
-        lock(&self.shards[self.bounds.partition_point(|b| *b <= top)])
-    }
-
-    /// Where content `id`'s number map entry is, once placed.
-    fn placed(&self, id: &FileId) -> Option<u32> {
-        let c = self.shard(id.as_bytes()).get(id.as_bytes()).copied()?;
-        Some(c.file).filter(|at| *at != NONE && *at != NOT_PLACED)
-    }
-
-    /// Chunk `id` if claimed: its number once the packer gave it one.
-    fn chunk(&self, id: &ChunkId) -> Option<Option<u32>> {
-        let c = self.shard(id.as_bytes()).get(id.as_bytes()).copied().filter(|c| c.chunk_claimed)?;
-        Some(Some(c.chunk).filter(|n| *n != NOT_NUMBERED))
-    }
-
-    /// Change `id`'s claim (made first if there is none: a commit from a
-    /// recipe bundle places content no parallel pass claimed).
-    fn update(&self, id: &[u8; 32], f: impl FnOnce(&mut Claim)) {
-        f(self.shard(id).entry(*id).or_insert(UNCLAIMED));
-    }
-
-    /// Whether this ingest has met content `id` already.
-    pub fn has_file(&self, id: &FileId) -> bool {
-        self.shard(id.as_bytes()).get(id.as_bytes()).is_some_and(|c| c.file != NONE)
-    }
-
-    /// Claim content `id`; false if it was met already.
-    pub fn claim_file(&self, id: FileId) -> bool {
-        let mut m = self.shard(id.as_bytes());
-        let c = m.entry(*id.as_bytes()).or_insert(UNCLAIMED);
-        let new = c.file == NONE;
-        if new {
-            c.file = NOT_PLACED;
-        }
-        new
-    }
-
-    /// Whether this ingest has claimed chunk `id` already.
-    pub fn has_chunk(&self, id: &ChunkId) -> bool {
-        self.shard(id.as_bytes()).get(id.as_bytes()).is_some_and(|c| c.chunk_claimed)
-    }
-
-    /// Claim chunk `id`; false if it was claimed already.
-    pub fn claim_chunk(&self, id: ChunkId) -> bool {
-        let mut m = self.shard(id.as_bytes());
-        let c = m.entry(*id.as_bytes()).or_insert(UNCLAIMED);
-        !std::mem::replace(&mut c.chunk_claimed, true)
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn full() -> Error {

@@ -49,7 +49,8 @@ fn repeats_are_stored_once_in_stream_order() {
     // Every chunk stored once; numbers 0, 1, 2... in order of first sighting.
     let tx = store.db.begin_read().unwrap();
     let map = tx.open_table(LAYER_MAPS).unwrap();
-    let map = LayerMap::decode(map.get(&s.layer.id.as_bytes()[..]).unwrap().unwrap().value()).unwrap();
+    let map =
+        LayerMap::decode(&crate::index::get_parted(&map, &s.layer.id.as_bytes()[..], "map").unwrap().unwrap()).unwrap();
     let mut next = 0;
     for n in map.entries.iter().flat_map(|e| e.chunks.iter()) {
         assert!(*n <= next, "chunk {n} numbered ahead of stream order");
@@ -120,7 +121,7 @@ fn long_header_runs_and_tails() {
         store.export(&s.layer.id, &mut back).unwrap();
         assert!(back == tar, "the layer rebuilds exactly");
         let recipe = store.db.begin_read().unwrap().open_table(RECIPES).unwrap();
-        let recipe = recipe.get(&s.layer.id.as_bytes()[..]).unwrap().unwrap().value().to_vec();
+        let recipe = crate::index::get_parted(&recipe, &s.layer.id.as_bytes()[..], "recipe").unwrap().unwrap();
         let items: Vec<_> = crate::recipe::RecipeReader::new(recipe).unwrap().collect::<Result<_>>().unwrap();
         (s, items.len())
     };
