@@ -191,7 +191,7 @@ impl Store {
         let tx = self.db.begin_read()?;
         let key = &diff.layer.as_bytes()[..];
         let info = self.layer(&diff.layer)?.ok_or_else(|| Error::not_found(format!("layer {} is gone", diff.layer)))?;
-        let recipe = index::get_parted(&tx.open_table(RECIPES)?, key, "recipe")?
+        let recipe = index::PartedReader::open(tx.open_table(RECIPES)?, key)?
             .ok_or_else(|| Error::not_found(format!("layer {} is gone", diff.layer)))?;
         let files_t = tx.open_table(FILES)?;
         let chunks_t = tx.open_table(CHUNKS)?;
@@ -208,7 +208,7 @@ impl Store {
         let mut t = TarOut { w: enc, n: 0 };
         t.entry(MAGIC_NAME, magic_text(&diff.layer, info.tar_size, &diff.client, self.params).as_bytes())?;
         let mut items = diff.files.iter();
-        for item in RecipeReader::new(recipe)? {
+        for item in RecipeReader::stream(recipe)? {
             let id = match item? {
                 RecipeItem::Raw(b) => {
                     t.entry("raw", &b)?;

@@ -31,12 +31,13 @@ impl Store {
     /// Open a layer for reading.
     pub fn open_layer(&self, id: &LayerId) -> Result<LayerReader<'_>> {
         let tx = self.db.begin_read()?;
-        let recipe = index::get_parted(&tx.open_table(RECIPES)?, &id.as_bytes()[..], "recipe")?
+        // Streamed part by part: a layer of many files has a recipe of tens of MB.
+        let recipe = index::PartedReader::open(tx.open_table(RECIPES)?, &id.as_bytes()[..])?
             .ok_or_else(|| Error::not_found(format!("layer {id} is not in the store")))?;
         Ok(LayerReader {
             store: self,
             id: *id,
-            items: RecipeReader::new(recipe)?,
+            items: RecipeReader::stream(recipe)?,
             files: tx.open_table(FILES)?,
             chunks: tx.open_table(CHUNKS)?,
             queue: VecDeque::new(),

@@ -432,7 +432,7 @@ impl Store {
         let missing = || Error::not_found(format!("layer {layer} is not in the store"));
         let info = LayerInfo::decode(tx.open_table(LAYERS)?.get(key)?.ok_or_else(missing)?.value())?;
         let recipes = tx.open_table(RECIPES)?;
-        let recipe = index::get_parted(&recipes, key, "recipe")?.ok_or_else(missing)?;
+        let recipe = index::PartedReader::open(tx.open_table(RECIPES)?, key)?.ok_or_else(missing)?;
         let map =
             LayerMap::decode(&index::get_parted(&tx.open_table(LAYER_MAPS)?, key, "number map")?.ok_or_else(missing)?)?;
         let files_t = tx.open_table(FILES)?;
@@ -440,7 +440,7 @@ impl Store {
         let magic = crate::dedup::magic_text(layer, info.tar_size, c, self.params);
         let mut raw_bytes = crate::dedup::entry_bytes(magic.len() as u64) + crate::dedup::END_BYTES;
         let mut files = Vec::new();
-        for item in RecipeReader::new(recipe)? {
+        for item in RecipeReader::stream(recipe)? {
             let (id, size, path) = match item? {
                 RecipeItem::Raw(b) => {
                     raw_bytes += crate::dedup::raw_entry_bytes(b.len() as u64);

@@ -142,9 +142,26 @@ impl RecipeWriter {
     }
 }
 
-/// Streams the items of a stored layer recipe, held or borrowed.
+/// A recipe's first 16 bytes: magic, version, reserved.
+fn check_head(b: &[u8]) -> Result<()> {
+    if &b[..8] != MAGIC {
+        return Err(Error::corrupt("not a layer recipe (bad magic)"));
+    }
+    let v = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
+    if v != VERSION {
+        return Err(Error::corrupt(format!("unsupported recipe version {v}")));
+    }
+    // Refused rather than ignored: a recipe from a hub is stored as it came,
+    // and a field no writer sets must not carry anything into this store.
+    if b[12..16] != [0; 4] {
+        return Err(Error::corrupt("layer recipe: reserved header bytes are not zero"));
+    }
+    Ok(())
+}
+
+/// Streams the items of a stored layer recipe, held, borrowed or read.
 pub struct RecipeReader<'a> {
-    dec: zstd::stream::read::Decoder<'static, std::io::BufReader<std::io::Cursor<Cow<'a, [u8]>>>>,
+    dec: zstd::stream::read::Decoder<'static, std::io::BufReader<Box<dyn Read + Send + 'a>>>,
     ended: bool,
 }
 
@@ -161,22 +178,23 @@ impl<'a> RecipeReader<'a> {
         RecipeReader::open(Cow::Borrowed(bytes))
     }
 
+    /// Open an encoded recipe read from `r` (e.g. [`crate::index::PartedReader`]).
+    pub(crate) fn stream(mut r: impl Read + Send + 'a) -> Result<Self> {
+        let mut head = [0u8; 16];
+        r.read_exact(&mut head).map_err(|_| Error::corrupt("not a layer recipe (bad magic)"))?;
+        check_head(&head)?;
+        RecipeReader::decode(Box::new(r))
+    }
+
     fn open(bytes: Cow<'a, [u8]>) -> Result<Self> {
-        if bytes.len() < 16 || &bytes[..8] != MAGIC {
-            return Err(Error::corrupt("not a layer recipe (bad magic)"));
-        }
-        let v = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-        if v != VERSION {
-            return Err(Error::corrupt(format!("unsupported recipe version {v}")));
-        }
-        // Refused rather than ignored: a recipe from a hub is stored as it came,
-        // and a field no writer sets must not carry anything into this store.
-        if bytes[12..16] != [0; 4] {
-            return Err(Error::corrupt("layer recipe: reserved header bytes are not zero"));
-        }
+        check_head(bytes.get(..16).ok_or_else(|| Error::corrupt("not a layer recipe (bad magic)"))?)?;
         let mut cur = std::io::Cursor::new(bytes);
         cur.set_position(16);
-        let dec = zstd::stream::read::Decoder::new(cur).map_err(|e| Error::io("recipe decoder", e))?;
+        RecipeReader::decode(Box::new(cur))
+    }
+
+    fn decode(r: Box<dyn Read + Send + 'a>) -> Result<Self> {
+        let dec = zstd::stream::read::Decoder::new(r).map_err(|e| Error::io("recipe decoder", e))?;
         Ok(RecipeReader { dec, ended: false })
     }
 
@@ -322,15 +340,21 @@ mod tests {
                 RecipeItem::Data { id: FileId::of(b"yy"), size: 2 },
             ]
         );
+        // Streamed from a reader, the same.
+        let streamed: Vec<_> = RecipeReader::stream(&bytes[..]).unwrap().collect::<Result<_>>().unwrap();
+        assert_eq!(streamed, items);
         // A damaged recipe is an error, not a panic or a silent short read.
         for cut in [10, 17, bytes.len() - 1] {
             let r = RecipeReader::new(bytes[..cut].to_vec());
+            assert!(r.map(|r| r.collect::<Result<Vec<_>>>()).and_then(|x| x).is_err());
+            let r = RecipeReader::stream(&bytes[..cut]);
             assert!(r.map(|r| r.collect::<Result<Vec<_>>>()).and_then(|x| x).is_err());
         }
         // The reserved header word must be zero (found by the `bundle` fuzz
         // target: a hub could otherwise plant bytes in this store's recipes).
         let mut planted = bytes.clone();
         planted[13] = 43;
+        assert!(RecipeReader::stream(&planted[..]).is_err());
         assert!(RecipeReader::new(planted).is_err());
     }
 
