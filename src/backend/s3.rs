@@ -266,6 +266,44 @@ impl S3Backend {
         })
     }
 
+    /// A layer object over `multipart_threshold` (~140 bytes a small file:
+    /// a layer of 2,000,000 files has a 280 MB object) goes up in parts as it
+    /// is read, so an ingest holds `part_concurrency` parts, not the object.
+    /// S3 shows the object only once the upload completes: all or nothing.
+    /// The source is read once, so only the client's retries of each request
+    /// apply, not [`S3Options::attempts`] of the whole upload.
+    fn put_layer_in_parts(&self, id: &LayerId, len: u64, object: &mut dyn std::io::Read) -> Result<()> {
+        self.check_writable("storing a layer object")?;
+        let what = format!("uploading layer object {id} ({})", self.display);
+        let (store, key, stats) = (self.store.clone(), self.layer_key(id), self.stats.clone());
+        let (part, conc) = (self.opts.part_size.max(5 << 20), self.opts.part_concurrency.max(1));
+        let start =
+            async move { store.put_multipart(&key).await.map(|u| WriteMultipart::new_with_chunk_size(u, part)) };
+        let mut w = self.block(start).map_err(|e| convert(e, &what))?;
+        let mut left = len;
+        while left > 0 {
+            let mut buf = vec![0u8; part.min(usize::try_from(left).unwrap_or(usize::MAX))];
+            if let Err(e) = object.read_exact(&mut buf) {
+                self.block(async move { w.abort().await.ok() });
+                return Err(Error::io(format!("reading layer object {id} to store it"), e));
+            }
+            left -= buf.len() as u64;
+            let stats = stats.clone();
+            w = self
+                .block(async move {
+                    if let Err(e) = w.wait_for_capacity(conc).await {
+                        let _ = w.abort().await;
+                        return Err(e);
+                    }
+                    stats.puts.fetch_add(1, Ordering::Relaxed);
+                    w.put(Bytes::from(buf));
+                    Ok(w)
+                })
+                .map_err(|e| convert(e, &what))?;
+        }
+        self.block(async move { w.finish().await.map(|_| ()) }).map_err(|e| convert(e, &what))
+    }
+
     /// Run a future on the private runtime and wait for it. Works from any
     /// thread, including one of another runtime's blocking pool.
     fn block<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> T {
@@ -652,8 +690,11 @@ impl Backend for S3Backend {
     }
 
     fn put_layer_from(&self, id: &LayerId, len: u64, object: &mut dyn std::io::Read) -> Result<()> {
-        // One copy, into the upload's own buffer (the default reads, then put_layer copies).
-        self.put_layer_bytes(id, Bytes::from(super::read_object(id, len, object)?))
+        if len <= self.opts.multipart_threshold {
+            // One copy, into the upload's own buffer (the default reads, then put_layer copies).
+            return self.put_layer_bytes(id, Bytes::from(super::read_object(id, len, object)?));
+        }
+        self.put_layer_in_parts(id, len, object)
     }
 
     fn get_layer(&self, id: &LayerId) -> Result<Vec<u8>> {

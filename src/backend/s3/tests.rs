@@ -67,6 +67,43 @@ fn layer_objects() {
     assert!(ro.put_layer(&id, b"x").is_err());
 }
 
+#[test]
+fn large_layer_objects_go_up_in_parts_as_read() {
+    let f = Flaky::new();
+    let opts = S3Options { multipart_threshold: 1 << 20, part_size: 5 << 20, ..Default::default() };
+    let b = S3Backend::with_store(f.clone(), "test", "p", opts).unwrap();
+    let id = LayerId::from_bytes([5; 32]);
+    let data: Vec<u8> = (0..12_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    b.put_layer_from(&id, data.len() as u64, &mut &data[..]).unwrap();
+    assert!(b.get_layer(&id).unwrap() == data);
+    let puts = b.stats().puts.load(Ordering::Relaxed);
+    assert_eq!(puts, 3, "three parts of at most 5 MiB");
+    // A source that ends short or fails, or a part that fails: an error,
+    // and the object it was to replace stays whole.
+    let other: Vec<u8> = data.iter().map(|b| b ^ 1).collect();
+    let err = b.put_layer_from(&id, other.len() as u64 + 1, &mut &other[..]).unwrap_err();
+    assert!(err.to_string().contains("reading layer object"), "{err}");
+    struct Failing(usize);
+    impl std::io::Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0 == 0 {
+                return Err(std::io::Error::other("injected: spill file gone"));
+            }
+            let n = buf.len().min(self.0);
+            buf[..n].fill(7);
+            self.0 -= n;
+            Ok(n)
+        }
+    }
+    assert!(b.put_layer_from(&id, 12_000_000, &mut Failing(6_000_000)).is_err());
+    f.parts_ok.store(1, Ordering::SeqCst);
+    let err = b.put_layer_from(&id, other.len() as u64, &mut &other[..]).unwrap_err();
+    assert!(err.to_string().contains("uploading layer object"), "{err}");
+    f.parts_ok.store(-1, Ordering::SeqCst);
+    assert!(b.get_layer(&id).unwrap() == data, "the old object, whole");
+    assert_eq!(b.list_layers().unwrap(), vec![id]);
+}
+
 /// An in-memory store whose puts fail on demand: `transient` more
 /// failures that a retry gets past, or every put of a key containing
 /// `deny` refused as a permanent error.
