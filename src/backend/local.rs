@@ -8,6 +8,7 @@ use memmap2::Mmap;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// The embedded default: a directory of sealed pack files.
@@ -16,7 +17,12 @@ pub struct LocalBackend {
     root: PathBuf,
     layers: PathBuf,
     maps: RwLock<HashMap<PackId, Arc<Mmap>>>,
+    /// Bytes handed out from the maps; see [`LocalBackend::note_read`].
+    read: AtomicU64,
 }
+
+/// Pack bytes read between two drops of the maps' pages.
+const DROP_PAGES_EVERY: u64 = 64 << 20;
 
 impl LocalBackend {
     /// Use (and create) `root` as the pack directory; layer objects go to `root/layers`.
@@ -52,7 +58,7 @@ impl LocalBackend {
         for d in [&root, &layers] {
             fs::create_dir_all(d).map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
         }
-        Ok(LocalBackend { root, layers, maps: RwLock::new(HashMap::new()) })
+        Ok(LocalBackend { root, layers, maps: RwLock::new(HashMap::new()), read: AtomicU64::new(0) })
     }
 
     fn path(&self, id: PackId) -> PathBuf {
@@ -77,6 +83,26 @@ impl LocalBackend {
             Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(format!("mapping {}", path.display()), e))?);
         self.maps.write().unwrap_or_else(|p| p.into_inner()).insert(id, map.clone());
         Ok(map)
+    }
+}
+
+impl LocalBackend {
+    /// Count `n` bytes read from the maps; every [`DROP_PAGES_EVERY`], drop
+    /// the pages every map has touched from this process. Mapped pages
+    /// count in its resident size, and exporting a layer of 2,000,000 small
+    /// files touched 260 MB of packs (peak RSS 325 MB, 65 MiB of it its own).
+    fn note_read(&self, n: usize) {
+        let before = self.read.fetch_add(n as u64, Ordering::Relaxed);
+        if before / DROP_PAGES_EVERY == (before + n as u64) / DROP_PAGES_EVERY {
+            return;
+        }
+        for m in self.maps.read().unwrap_or_else(|p| p.into_inner()).values() {
+            // SAFETY: a read-only shared mapping of a file: MADV_DONTNEED only
+            // drops this process's page-table entries, and the next access
+            // reads the same bytes back from the page cache or the file, so
+            // slices of it already handed out stay valid.
+            let _ = unsafe { m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        }
     }
 }
 
@@ -107,12 +133,14 @@ impl Backend for LocalBackend {
     fn read_pack(&self, id: PackId, offset: u64, len: usize) -> Result<PackBytes> {
         let map = self.map(id)?;
         let (s, e) = check_range(id, map.len(), offset, len)?;
+        self.note_read(len);
         Ok(PackBytes::new(map, s, e))
     }
 
     fn read_whole_pack(&self, id: PackId) -> Result<PackBytes> {
         let map = self.map(id)?;
         let n = map.len();
+        self.note_read(n);
         Ok(PackBytes::new(map, 0, n))
     }
 
@@ -247,5 +275,26 @@ mod tests {
         b.put_layer_from(&id, 10, &mut Failing { ok: 4 }).unwrap_err();
         assert_eq!(b.get_layer(&id).unwrap(), b"abcde", "the old object stays");
         assert_eq!(leftovers(), 1);
+    }
+
+    /// Dropping the maps' pages every `DROP_PAGES_EVERY` bytes read: slices
+    /// handed out before still read their bytes, and so do new ones.
+    #[test]
+    fn pack_slices_outlive_dropped_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path().join("packs")).unwrap();
+        let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 31 % 251) as u8).collect();
+        let staged = dir.path().join("staged");
+        fs::write(&staged, &data).unwrap();
+        b.put_pack(PackId(1), &staged).unwrap();
+        let early = b.read_pack(PackId(1), 1000, 5000).unwrap();
+        let reads = DROP_PAGES_EVERY / data.len() as u64 + 3;
+        for i in 0..reads {
+            let at = (i * 4099) % (data.len() as u64 - 8192);
+            assert_eq!(&*b.read_pack(PackId(1), at, 8192).unwrap(), &data[at as usize..at as usize + 8192]);
+            assert_eq!(&*b.read_whole_pack(PackId(1)).unwrap(), &data[..]);
+        }
+        assert!(b.read.load(Ordering::Relaxed) > DROP_PAGES_EVERY, "pages were dropped");
+        assert_eq!(&*early, &data[1000..6000]);
     }
 }
