@@ -454,6 +454,23 @@ mod tests {
             t.insert(&a.as_bytes()[..], &index::encode_file(num, &r)[..]).unwrap();
         });
         assert!(p.iter().any(|p| p.contains("layer number map is malformed")), "{p:?}");
+        // Values in parts: one missing, or a stray part beside the whole value.
+        let part = |key: &[u8], n: u32| [key, &n.to_be_bytes()[..]].concat();
+        one(
+            problems(|tx, key| {
+                let mut t = tx.open_table(index::RECIPES).unwrap();
+                let v = t.remove(key).unwrap().unwrap().value().to_vec();
+                t.insert(&part(key, 0)[..], &v[..10]).unwrap();
+                t.insert(&part(key, 2)[..], &v[10..]).unwrap();
+            }),
+            "part 1 is missing",
+        );
+        one(
+            problems(|tx, key| {
+                tx.open_table(LAYER_MAPS).unwrap().insert(&part(key, 0)[..], &b"stray"[..]).unwrap();
+            }),
+            "number map of layer",
+        );
         // A layer record under another layer's key.
         one(
             problems(|tx, key| {
