@@ -208,8 +208,9 @@ impl Store {
         let mut t = TarOut { w: enc, n: 0 };
         t.entry(MAGIC_NAME, magic_text(&diff.layer, info.tar_size, &diff.client, self.params).as_bytes())?;
         let mut items = diff.files.iter();
-        for item in RecipeReader::stream(recipe)? {
-            let id = match item? {
+        let named = |e: Error| e.context(format_args!("layer {}", diff.layer));
+        for item in RecipeReader::stream(recipe).map_err(named)? {
+            let id = match item.map_err(named)? {
                 RecipeItem::Raw(b) => {
                     t.entry("raw", &b)?;
                     continue;

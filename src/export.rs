@@ -37,7 +37,7 @@ impl Store {
         Ok(LayerReader {
             store: self,
             id: *id,
-            items: RecipeReader::stream(recipe)?,
+            items: RecipeReader::stream(recipe).map_err(|e| e.context(format_args!("layer {id}")))?,
             files: tx.open_table(FILES)?,
             chunks: tx.open_table(CHUNKS)?,
             queue: VecDeque::new(),
@@ -101,7 +101,7 @@ impl LayerReader<'_> {
                 self.pos = 0;
                 return Ok(true);
             }
-            match self.items.next_item()? {
+            match self.items.next_item().map_err(|e| e.context(format_args!("layer {}", self.id)))? {
                 None => return Ok(false),
                 Some(RecipeItem::Raw(b)) => {
                     self.buf = b;

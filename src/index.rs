@@ -207,8 +207,12 @@ where
     let mut v = Vec::new();
     for (i, e) in std::iter::once(first).chain(parts).enumerate() {
         let (k, part) = e?;
-        if k.value().len() != key.len() + 4 || k.value()[key.len()..] != (i as u32).to_be_bytes() {
-            return Err(damaged(format!("part {i} is missing")));
+        let Some(n) = k.value().get(key.len()..).and_then(|n| <[u8; 4]>::try_from(n).ok()) else {
+            return Err(damaged(format!("a key of {} bytes among its parts", k.value().len())));
+        };
+        let n = u32::from_be_bytes(n);
+        if n as usize != i {
+            return Err(damaged(format!("part {i} is missing (part {n} follows)")));
         }
         v.extend_from_slice(part.value());
     }
@@ -359,7 +363,16 @@ mod tests {
         assert_eq!(stream(&key).unwrap().len(), PART_BYTES, "streamed, it ends at the gap");
         let e = get(&key).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Corrupt);
-        assert!(e.to_string().contains("recipe of layer 0707") && e.to_string().contains("part 1 is missing"), "{e}");
+        assert!(
+            e.to_string().contains("recipe of layer 0707")
+                && e.to_string().contains("part 1 is missing (part 2 follows)"),
+            "{e}"
+        );
+        put(&key, &big);
+        let tx = db.begin_write().unwrap();
+        tx.open_table(T).unwrap().insert(&[&part_key(&key, 0)[..], &[0][..]].concat()[..], &b"x"[..]).unwrap();
+        tx.commit().unwrap();
+        assert!(get(&key).unwrap_err().to_string().contains("a key of 37 bytes among its parts"));
         put(&key, &big);
         let tx = db.begin_write().unwrap();
         tx.open_table(T).unwrap().insert(&key[..], &b"whole"[..]).unwrap();

@@ -433,15 +433,16 @@ impl Store {
         let info = LayerInfo::decode(tx.open_table(LAYERS)?.get(key)?.ok_or_else(missing)?.value())?;
         let recipes = tx.open_table(RECIPES)?;
         let recipe = index::PartedReader::open(tx.open_table(RECIPES)?, key)?.ok_or_else(missing)?;
-        let map =
-            LayerMap::decode(&index::get_parted(&tx.open_table(LAYER_MAPS)?, key, "number map")?.ok_or_else(missing)?)?;
+        let map = index::get_parted(&tx.open_table(LAYER_MAPS)?, key, "number map")?.ok_or_else(missing)?;
+        let map = LayerMap::decode(&map).map_err(|e| e.context(format_args!("layer {layer}")))?;
         let files_t = tx.open_table(FILES)?;
         let mut entries = map.entries.into_iter();
         let magic = crate::dedup::magic_text(layer, info.tar_size, c, self.params);
         let mut raw_bytes = crate::dedup::entry_bytes(magic.len() as u64) + crate::dedup::END_BYTES;
         let mut files = Vec::new();
-        for item in RecipeReader::stream(recipe)? {
-            let (id, size, path) = match item? {
+        let named = |e: Error| e.context(format_args!("layer {layer}"));
+        for item in RecipeReader::stream(recipe).map_err(named)? {
+            let (id, size, path) = match item.map_err(named)? {
                 RecipeItem::Raw(b) => {
                     raw_bytes += crate::dedup::raw_entry_bytes(b.len() as u64);
                     continue;
