@@ -115,6 +115,8 @@ struct Flaky {
     /// Fail every part of a multipart upload after this many (an
     /// interrupted upload); negative: never.
     parts_ok: Arc<std::sync::atomic::AtomicI64>,
+    /// Fail this many parts, then let the rest through (a retried upload).
+    parts_failing: Arc<std::sync::atomic::AtomicI64>,
     /// Fail this many ranged reads of a pack past its first byte (reads
     /// ahead, among them) with a transient error.
     transient_reads: std::sync::atomic::AtomicI64,
@@ -133,6 +135,7 @@ impl Flaky {
             transient: 0.into(),
             deny: Mutex::new(None),
             parts_ok: Arc::new((-1).into()),
+            parts_failing: Arc::new(0.into()),
             transient_reads: 0.into(),
         })
     }
@@ -157,7 +160,11 @@ impl Flaky {
 }
 
 #[derive(Debug)]
-struct FlakyUpload(Box<dyn object_store::MultipartUpload>, Arc<std::sync::atomic::AtomicI64>);
+struct FlakyUpload(
+    Box<dyn object_store::MultipartUpload>,
+    Arc<std::sync::atomic::AtomicI64>,
+    Arc<std::sync::atomic::AtomicI64>,
+);
 
 #[async_trait::async_trait]
 impl object_store::MultipartUpload for FlakyUpload {
@@ -167,6 +174,11 @@ impl object_store::MultipartUpload for FlakyUpload {
             self.1.store(0, Ordering::SeqCst);
             return Box::pin(async {
                 Err(object_store::Error::Generic { store: "Flaky", source: "injected: connection reset".into() })
+            });
+        }
+        if self.2.fetch_sub(1, Ordering::SeqCst) > 0 {
+            return Box::pin(async {
+                Err(object_store::Error::Generic { store: "Flaky", source: "injected: connection reset once".into() })
             });
         }
         self.0.put_part(data)
@@ -197,7 +209,7 @@ impl ObjectStore for Flaky {
     ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
         self.fail(location)?;
         let up = self.inner.put_multipart_opts(location, opts).await?;
-        Ok(Box::new(FlakyUpload(up, self.parts_ok.clone())))
+        Ok(Box::new(FlakyUpload(up, self.parts_ok.clone(), self.parts_failing.clone())))
     }
     async fn get_opts(&self, location: &ObjPath, options: GetOptions) -> object_store::Result<object_store::GetResult> {
         let past_start = matches!(options.range, Some(object_store::GetRange::Bounded(ref r)) if r.start > 0);
@@ -281,6 +293,23 @@ fn transient_errors_are_retried() {
     f.transient.store(2, Ordering::SeqCst);
     let tar = layer_tar(1, 600_000);
     let s = store.ingest(&tar[..], &Default::default()).unwrap();
+    let mut back = Vec::new();
+    store.export(&s.layer.id, &mut back).unwrap();
+    assert!(back == tar);
+    assert!(store.verify(Default::default()).unwrap().is_clean());
+}
+
+/// A multipart pack upload whose part fails is tried again from the staged
+/// pack, which the upload reads through its handle after the file is gone.
+#[test]
+fn a_failed_part_is_uploaded_again_from_the_staged_pack() {
+    let f = Flaky::new();
+    let dir = tempfile::tempdir().unwrap();
+    let store = flaky_store(&f, dir.path(), 64 << 10);
+    f.parts_failing.store(2, Ordering::SeqCst);
+    let tar = layer_tar(4, 600_000);
+    let s = store.ingest(&tar[..], &Default::default()).unwrap();
+    assert!(f.parts_failing.load(Ordering::SeqCst) < 0, "the failures were met");
     let mut back = Vec::new();
     store.export(&s.layer.id, &mut back).unwrap();
     assert!(back == tar);
