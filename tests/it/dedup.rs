@@ -611,6 +611,38 @@ fn assume_applied_updates_the_map() {
 /// What applying B's tarball (built for a client holding A) needs from the
 /// edge's own store: the referenced files, and the big file's chunks that
 /// are not carried.
+/// A tarball for a client recorded as holding the whole layer, applied to
+/// a store that holds nothing: every file is missing. Listed once each
+/// (with --json, all of them; on standard error, the first 50 and a count).
+#[test]
+fn a_long_missing_list_is_cut_on_stderr() {
+    let dir = crate::common::tmp();
+    let (hub, edge) = (dir.path().join("hub"), dir.path().join("edge"));
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..120 {
+        let data = format!("file {i} of many\n").repeat(3);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, format!("f{i:03}"), data.as_bytes()).unwrap();
+    }
+    let tar = dir.path().join("many.tar");
+    std::fs::write(&tar, b.into_inner().unwrap()).unwrap();
+    let id = cs_json(&hub, &["ingest", tar.to_str().unwrap()])[0]["id"].as_str().unwrap().to_string();
+    cs_ok(&hub, &["client", "add", "full"]);
+    cs_ok(&hub, &["client", "hold", "full", &id]);
+    let out = dir.path().join("full.dtar");
+    cs_json(&hub, &["pack", "--client", "full", &id, "-o", out.to_str().unwrap()]);
+    let (v, _) = apply_missing(&edge, &out);
+    assert_eq!(missing_set(&v).len(), 120, "{v}");
+    let o = cs(&edge, &["apply", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(3));
+    let err = stderr(&o);
+    assert!(err.contains("needs 120 items this store lacks"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("  missing file ")).count(), 50, "{err}");
+    assert!(err.contains("… and 70 more (--json lists them all)"), "{err}");
+}
+
 fn needs_of_b(fx: &Fx, file: &Path) -> (BTreeSet<Missing>, BTreeSet<Missing>) {
     let c = &fx.c;
     let files: BTreeSet<_> =

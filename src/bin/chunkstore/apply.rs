@@ -10,6 +10,9 @@ use std::path::PathBuf;
 /// Exit code when the tarball references data this store lacks.
 pub const EXIT_MISSING: u8 = 3;
 
+/// Missing items listed on standard error.
+const MAX_LISTED: usize = 50;
+
 /// Rebuild a layer from a dedup tarball on this (edge) store
 #[derive(clap::Args)]
 pub struct Args {
@@ -48,8 +51,13 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Outcome> {
                 "chunkstore: {name}: layer {layer} needs {} items this store lacks; nothing was recorded:",
                 missing.len()
             );
-            for m in &missing {
+            // A tarball for a store that holds nothing names every file of its
+            // layer: the first ones here, all of them with --json.
+            for m in missing.iter().take(MAX_LISTED) {
                 eprintln!("  missing {} {} ({} bytes)", m.kind, m.id, m.size);
+            }
+            if missing.len() > MAX_LISTED {
+                eprintln!("  … and {} more (--json lists them all)", missing.len() - MAX_LISTED);
             }
             Ok(Outcome::Failed(EXIT_MISSING))
         }
