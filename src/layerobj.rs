@@ -411,7 +411,9 @@ impl Store {
         build_in!(self, tx, id)
     }
 
-    /// Layer `id`'s object as the write transaction `tx` would commit it.
+    /// Layer `id`'s object as the write transaction `tx` would commit it
+    /// (for naming a blob: an ingest streams its object from its records).
+    #[cfg(feature = "client")]
     pub(crate) fn layer_object_in(&self, tx: &redb::WriteTransaction, id: &LayerId) -> Result<LayerObject> {
         build_in!(self, tx, id)
     }
