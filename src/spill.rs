@@ -1,5 +1,6 @@
 //! Bytes an ingest appends during its walk and streams back at its commit
-//! (the layer recipe, the layer object's files section; new index rows in
+//! (the layer recipe, its number map, read back in places for repeated
+//! files, and the layer object's files section; new index rows in
 //! [`SortedRuns`]): in memory up to [`SPILL_AT`], then in a file in the
 //! store's `tmp/`, so that a layer of millions of small files holds neither
 //! them beside the walk's maps nor all of them at once at its commit. The
