@@ -509,8 +509,8 @@ where
 
 /// Upload the `len` bytes of `src` (a staged pack, unlinked) to `key` in
 /// parts, `conc` at a time (replacing the claim marker). Each part is read
-/// as it goes up, so an upload holds `conc` parts, not the pack (two packs
-/// in flight held 128 MiB and an ingest to S3 peaked at ~270 MiB). The
+/// as it goes up, so an upload holds `conc` parts, not the pack (with two
+/// packs in flight, up to 128 MiB of them before). The
 /// reads are of a file just written, from the page cache: brief enough
 /// for the runtime's thread.
 async fn upload_multipart(
