@@ -184,6 +184,13 @@ impl<W: Write> Write for Counter<W> {
 /// a tarball for a client holding little carries most of a layer.
 const ZSTD_LEVEL: i32 = 3;
 const ZSTD_WINDOW_LOG: u32 = 27;
+/// Input per zstdmt job. Left to zstd, a job is 4x the window (512 MiB),
+/// and the encoder buffers that much input per job in flight: writing the
+/// tarball of a 500,000-file layer for a client holding nothing peaked at
+/// 1.47 GiB in 8.6 s; with 16 MiB jobs at 344 MiB in 4.6 s, and 0.7%
+/// smaller. A job sees the window only back to its overlap with the one
+/// before, but whole chunks repeated in a layer are carried once anyway.
+const ZSTD_JOB_BYTES: u32 = 16 << 20;
 
 impl Store {
     /// Write the dedup tarball for `diff` (from [`Store::diff`]) to `out`.
@@ -205,6 +212,7 @@ impl Store {
         let zerr = |e| Error::io("zstd encoder", e);
         enc.window_log(ZSTD_WINDOW_LOG).map_err(zerr)?;
         enc.multithread(std::thread::available_parallelism().map_or(1, |n| n.get()) as u32).map_err(zerr)?;
+        enc.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_BYTES)).map_err(zerr)?;
         let mut t = TarOut { w: enc, n: 0 };
         t.entry(MAGIC_NAME, magic_text(&diff.layer, info.tar_size, &diff.client, self.params).as_bytes())?;
         let mut items = diff.files.iter();
