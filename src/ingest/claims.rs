@@ -135,6 +135,10 @@ impl Claims {
     /// All this ingest knows of `id`, from the map and the frozen runs.
     fn get(&self, s: &Shard, id: &[u8; 32]) -> Result<Option<Claim>> {
         let mut got = s.map.get(id).copied();
+        // Both halves known here: the runs could add nothing.
+        if got.is_some_and(|c| c.file != NONE && c.chunk_claimed) {
+            return Ok(got);
+        }
         for run in s.runs.iter().rev() {
             if let Some(c) = self.lookup(run, id)? {
                 got = Some(got.map_or(c, |g| g.or(c)));

@@ -285,18 +285,22 @@ fn names(f: &Flaky) -> Vec<String> {
     metas.into_iter().map(|m| m.location.to_string()).collect()
 }
 
+/// Ingest `tar` into `store`; it exports whole and the store verifies clean.
+fn assert_round_trip(store: &crate::Store, tar: &[u8]) {
+    let s = store.ingest(tar, &Default::default()).unwrap();
+    let mut back = Vec::new();
+    store.export(&s.layer.id, &mut back).unwrap();
+    assert!(back == tar);
+    assert!(store.verify(Default::default()).unwrap().is_clean());
+}
+
 #[test]
 fn transient_errors_are_retried() {
     let f = Flaky::new();
     let dir = tempfile::tempdir().unwrap();
     let store = flaky_store(&f, dir.path(), 32 << 20);
     f.transient.store(2, Ordering::SeqCst);
-    let tar = layer_tar(1, 600_000);
-    let s = store.ingest(&tar[..], &Default::default()).unwrap();
-    let mut back = Vec::new();
-    store.export(&s.layer.id, &mut back).unwrap();
-    assert!(back == tar);
-    assert!(store.verify(Default::default()).unwrap().is_clean());
+    assert_round_trip(&store, &layer_tar(1, 600_000));
 }
 
 /// A multipart pack upload whose part fails is tried again from the staged
@@ -307,13 +311,8 @@ fn a_failed_part_is_uploaded_again_from_the_staged_pack() {
     let dir = tempfile::tempdir().unwrap();
     let store = flaky_store(&f, dir.path(), 64 << 10);
     f.parts_failing.store(2, Ordering::SeqCst);
-    let tar = layer_tar(4, 600_000);
-    let s = store.ingest(&tar[..], &Default::default()).unwrap();
+    assert_round_trip(&store, &layer_tar(4, 600_000));
     assert!(f.parts_failing.load(Ordering::SeqCst) < 0, "the failures were met");
-    let mut back = Vec::new();
-    store.export(&s.layer.id, &mut back).unwrap();
-    assert!(back == tar);
-    assert!(store.verify(Default::default()).unwrap().is_clean());
 }
 
 /// A read ahead that meets a transient error is retried like any read: a
