@@ -431,7 +431,6 @@ impl Store {
         let key = &layer.as_bytes()[..];
         let missing = || Error::not_found(format!("layer {layer} is not in the store"));
         let info = LayerInfo::decode(tx.open_table(LAYERS)?.get(key)?.ok_or_else(missing)?.value())?;
-        let recipes = tx.open_table(RECIPES)?;
         let recipe = index::PartedReader::open(tx.open_table(RECIPES)?, key)?.ok_or_else(missing)?;
         let map = index::get_parted(&tx.open_table(LAYER_MAPS)?, key, "number map")?.ok_or_else(missing)?;
         let map = LayerMap::decode(&map).map_err(|e| e.context(format_args!("layer {layer}")))?;
@@ -499,8 +498,8 @@ impl Store {
         if opts.deltas && files.iter().any(|d| d.state != FileState::Held) {
             let mut bases = crate::delta::BaseIndex::default();
             for l in &p.layers {
-                let Some(r) = index::get_parted(&recipes, &l.as_bytes()[..], "recipe")? else { continue };
-                for item in RecipeReader::new(r)? {
+                let Some(r) = index::PartedReader::open(tx.open_table(RECIPES)?, &l.as_bytes()[..])? else { continue };
+                for item in RecipeReader::stream(r)? {
                     if let RecipeItem::File { id, size, path } = item? {
                         bases.add(&path, id, size);
                     }
